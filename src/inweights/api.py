@@ -1,0 +1,183 @@
+"""The Python API: `learn`, `ask` and `load_memory`. The CLI is a thin layer over these.
+
+    from inweights import learn, ask, load_memory
+    version = learn(["./docs"], memory="acme")
+    print(ask("acme", "When was the Oslo office opened?"))
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from inweights import __version__
+from inweights.config import LearnConfig, resolve_epochs
+from inweights.corpus import chunk_documents, load_corpus
+from inweights.errors import InweightsError
+from inweights.generate import generate
+from inweights.guard import replay_texts
+from inweights.methods import METHODS
+from inweights.models import Base, load_base
+from inweights.store import MemoryVersion, Workspace, validate_name
+from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, synthesize
+from inweights.synth.teacher import LocalTeacher
+from inweights.train import tokenize_example, tokenize_replay, train
+
+log = logging.getLogger("inweights")
+
+
+def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None = None, *,
+          base: Base | None = None, workspace: Workspace | None = None, exclude_questions: Sequence[str] = (),
+          progress: bool = True) -> MemoryVersion:
+    """Learn documents into a new version of the named memory and return it.
+
+    `exclude_questions`: evaluation questions that must not appear in the training data (checked, not filtered:
+    a leak raises). `base`: an already loaded base model to reuse (it must match `config.base`).
+    """
+    validate_name(memory)
+    config = config or LearnConfig()
+    workspace = workspace or Workspace()
+    timings: dict[str, float] = {}
+    t_start = time.perf_counter()
+
+    documents = load_corpus(paths)  # skips bad files with one warning; raises if nothing is readable
+    base = base or load_base(config.base)
+    timings["load_base_s"] = time.perf_counter() - t_start
+    chunks = chunk_documents(documents, base.tokenizer, max_tokens=config.synth.chunk_tokens)
+    _say(progress, f"{len(documents)} documents, {len(chunks)} chunks")
+
+    t = time.perf_counter()
+    needs_teacher = any(_strategy(s).NEEDS_TEACHER for s in config.synth.strategies)
+    teacher = LocalTeacher(base, batch_size=config.synth.teacher_batch_size) if needs_teacher else None
+    examples, synth_stats = synthesize(chunks, teacher, config.synth, ExampleCache(workspace.cache_dir("synth")),
+                                       progress=progress)
+    if not examples:
+        raise InweightsError("no training examples could be made from these documents")
+    assert_no_leak(examples, exclude_questions)
+    timings["synthesize_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    train_config = resolve_epochs(config.train, len(examples))
+    replay = replay_texts(base, train_config.replay_sequences if train_config.replay_fraction > 0 else 0,
+                          workspace.cache_dir("replay"), seed=train_config.seed)
+    timings["replay_s"] = time.perf_counter() - t
+    tokenizer = base.tokenizer
+    items = [tokenize_example(tokenizer, e.prompt, e.completion, train_config.max_seq_len, base.newline_id)
+             for e in examples]
+    items += tokenize_replay(tokenizer, replay, train_config.max_seq_len)
+
+    resolved = replace(config, train=train_config)
+    run_key = _digest([resolved.to_dict(), base.fingerprint, [(e.prompt, e.completion) for e in examples]])
+    method = METHODS[train_config.method]
+    torch.manual_seed(train_config.seed)
+    model = method.attach(base.model, train_config)
+    t = time.perf_counter()
+    try:
+        result = train(model, tokenizer, items, len(examples), train_config, workspace.run_dir(memory, run_key),
+                       progress=progress)
+        timings["train_s"] = time.perf_counter() - t
+        timings["total_s"] = time.perf_counter() - t_start
+
+        def write(directory: Path) -> None:
+            method.save(model, directory)
+            manifest = {
+                "name": memory,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "inweights_version": __version__,
+                "base": {"name": base.name, "fingerprint": base.fingerprint},
+                "method": train_config.method,
+                "config": resolved.to_dict(),
+                "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
+                               "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
+                "synthetic": {"examples": len(examples), "replay_items": len(items) - len(examples),
+                              "completion_tokens": sum(sum(1 for x in lab if x != -100) for _, lab in items[:len(examples)]),
+                              "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none"},
+                "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
+                            {"tokens_per_s": result.tokens / max(result.seconds, 1e-9), "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},
+                "timings": {k: round(v, 2) for k, v in timings.items()},
+                "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                            "threads": torch.get_num_threads()},
+            }
+            (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+        version = workspace.publish(memory, write)
+    finally:
+        model.unload()  # give the caller its plain base model back
+    _say(progress, f"learned {memory!r} version {version.version} in {timings['total_s']:.0f}s "
+                   f"({len(examples)} examples, {result.steps} steps, final loss {result.final_loss:.3f})")
+    return version
+
+
+@dataclass
+class LoadedMemory:
+    """A base model with one memory attached, ready to answer. `base_answers` answers without the memory."""
+
+    base: Base
+    model: torch.nn.Module
+    version: MemoryVersion | None
+
+    def answer(self, questions: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
+        prompts = [QA_TEMPLATE.format(question=q.strip()) for q in questions]
+        return generate(self.model, self.base.tokenizer, prompts, max_new_tokens=max_new_tokens,
+                        stop_token_ids=self.base.stop_token_ids, batch_size=batch_size)
+
+    def base_answers(self, questions: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
+        if self.version is None:
+            return self.answer(questions, max_new_tokens, batch_size)
+        with METHODS[self.version.manifest["method"]].disabled(self.model):
+            return self.answer(questions, max_new_tokens, batch_size)
+
+    def close(self) -> None:
+        """Detach the memory, leaving the base model as it was loaded."""
+        if self.version is not None and hasattr(self.model, "unload"):
+            self.model.unload()
+
+
+def load_memory(ref: str | None, *, base: Base | None = None, workspace: Workspace | None = None) -> LoadedMemory:
+    """Attach memory `ref` ('name' or 'name@N'; None for the plain base model) to its base model."""
+    workspace = workspace or Workspace()
+    if ref is None:
+        base = base or load_base()
+        return LoadedMemory(base, base.model, None)
+    version = workspace.get(ref)
+    manifest = version.manifest
+    base = base or load_base(manifest["base"]["name"])
+    if base.fingerprint != manifest["base"]["fingerprint"]:
+        raise InweightsError(f"memory {version.ref} was trained on base {manifest['base']['fingerprint']}, but "
+                             f"the loaded base is {base.fingerprint}; its memory would not fit")
+    model = METHODS[manifest["method"]].load(base.model, version.path)
+    return LoadedMemory(base, model, version)
+
+
+def ask(ref: str | None, question: str, *, base: Base | None = None, workspace: Workspace | None = None,
+        max_new_tokens: int = 32) -> str:
+    """Answer one question from the memory's weights alone (no document in the prompt); None: base model."""
+    loaded = load_memory(ref, base=base, workspace=workspace)
+    try:
+        return loaded.answer([question], max_new_tokens=max_new_tokens)[0]
+    finally:
+        loaded.close()
+
+
+def _strategy(name: str):
+    from inweights.synth import STRATEGIES
+
+    return STRATEGIES[name]
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _say(progress: bool, message: str) -> None:
+    if progress:
+        print(message, flush=True)

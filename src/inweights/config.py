@@ -1,0 +1,120 @@
+"""Typed configs: the one place for defaults. The CLI mirrors these fields; every memory records them.
+
+`None` in a field means "derive it from the corpus"; `resolve()` fills those in and the manifest records the
+resolved values, so a memory always says exactly what made it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields, replace
+
+
+@dataclass
+class SynthConfig:
+    """How synthetic training data is made from the chunks."""
+
+    strategies: tuple[str, ...] = ("cloze", "qa", "rephrase")
+    """Strategies to run, by name (see `inweights.synth.STRATEGIES`)."""
+    chunk_tokens: int = 256
+    """Maximum tokens in one chunk of a document."""
+    facts_per_sentence: int = 2
+    """Answer-bearing spans (dates, names, numbers) taken from each sentence."""
+    questions_per_fact: int = 2
+    """Questions the teacher writes for each fact (sampled, so they differ)."""
+    rephrases_per_sentence: int = 2
+    """Paraphrases the teacher writes for each sentence."""
+    temperature: float = 0.8
+    """Sampling temperature of the teacher."""
+    teacher_batch_size: int = 16
+    """Rows per generation batch."""
+    seed: int = 0
+
+    def __post_init__(self):
+        from inweights.synth import STRATEGIES
+
+        self.strategies = tuple(self.strategies)
+        unknown = [s for s in self.strategies if s not in STRATEGIES]
+        if unknown or not self.strategies:
+            raise ValueError(f"unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
+        for name in ("chunk_tokens", "facts_per_sentence", "questions_per_fact", "teacher_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.rephrases_per_sentence < 0:
+            raise ValueError("rephrases_per_sentence must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """How the memory is trained on the synthetic examples."""
+
+    method: str = "lora"
+    """Parameterization of the memory (see `inweights.methods.METHODS`)."""
+    rank: int = 16
+    """LoRA rank."""
+    alpha: float = 32.0
+    """LoRA scaling numerator (the update is scaled by alpha / rank)."""
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    """Linear layers that get a LoRA update."""
+    lr: float = 5e-4
+    """Peak learning rate (AdamW, linear warm-up then cosine decay)."""
+    weight_decay: float = 0.0
+    epochs: int | None = None
+    """Passes over the synthetic examples; None derives it from the corpus size."""
+    max_steps: int | None = None
+    """Hard cap on optimizer steps (overrides epochs when smaller)."""
+    batch_tokens: int = 1024
+    """Token budget of one batch; examples of similar length are bucketed together to avoid padding."""
+    max_seq_len: int = 256
+    replay_fraction: float = 0.25
+    """Forgetting guard: share of each batch's sequences that are general text sampled from the base model
+    itself. Next-token loss on the base model's own samples is, in expectation, the KL from the base to the
+    student (plus a constant), so it pulls the memory back toward the base distribution. 0 turns it off."""
+    replay_sequences: int = 48
+    """General-text samples generated once per base model and cached."""
+    checkpoint_every: int = 25
+    """Steps between resumable checkpoints."""
+    seed: int = 0
+
+    def __post_init__(self):
+        from inweights.methods import METHODS
+
+        self.target_modules = tuple(self.target_modules)
+        if self.method not in METHODS:
+            raise ValueError(f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
+        if not 0.0 <= self.replay_fraction < 1.0:
+            raise ValueError("replay_fraction must be in [0, 1)")
+        if self.rank < 1 or self.lr <= 0 or self.batch_tokens < self.max_seq_len:
+            raise ValueError("need rank >= 1, lr > 0 and batch_tokens >= max_seq_len")
+
+
+@dataclass
+class LearnConfig:
+    """Everything `learn` needs besides the corpus and the memory name."""
+
+    base: str = "gemma-3-270m"
+    """Base model: the embedded default, a local Hugging Face directory, or a hub id."""
+    synth: SynthConfig = field(default_factory=SynthConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "LearnConfig":
+        return cls(base=data["base"], synth=_build(SynthConfig, data["synth"]),
+                   train=_build(TrainConfig, data["train"]))
+
+
+def resolve_epochs(train: TrainConfig, n_examples: int) -> TrainConfig:
+    """Derive the number of epochs from the data volume: small corpora need more passes to be remembered,
+    large ones fewer (and each pass is more expensive). Roughly 4 epochs at 200 examples, 2 at 2,000."""
+    if train.epochs is not None:
+        return train
+    epochs = int(round(min(6, max(2, 4 - 2 * math.log10(max(n_examples, 1) / 200)))))
+    return replace(train, epochs=epochs)
+
+
+def _build(cls, data: dict):
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})

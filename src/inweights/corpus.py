@@ -1,0 +1,282 @@
+"""Read a user's documents into plain text, and cut that text into token-bounded chunks.
+
+Reading never fails on one bad file: anything we cannot turn into text is returned as a `Skipped` with a short
+reason, so a folder of 500 PDFs with 3 scanned ones still learns the other 497 and says which 3 it left out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from inweights.errors import InweightsError
+
+log = logging.getLogger("inweights")
+
+KIND_BY_SUFFIX = {".txt": "txt", ".md": "md", ".markdown": "md", ".html": "html", ".htm": "html",
+                  ".pdf": "pdf", ".docx": "docx"}
+SUPPORTED_SUFFIXES: frozenset[str] = frozenset(KIND_BY_SUFFIX)
+MIN_CHUNK_TOKENS = 8  # below this a single multi-byte character may not fit in a chunk
+
+
+@dataclass(frozen=True)
+class Document:
+    path: str    # relative to the folder the user passed, or the file path as given
+    text: str    # plain text, whitespace normalised, paragraphs separated by "\n\n"
+    sha256: str  # hash of `text` (utf-8): identifies this version of the document
+    kind: str    # "txt" | "md" | "html" | "pdf" | "docx"
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str  # short and human: "binary file", "empty", "encrypted PDF", ...
+
+
+@dataclass(frozen=True)
+class Chunk:
+    doc_path: str
+    doc_sha256: str
+    index: int      # position within its document
+    text: str
+    n_tokens: int
+    sha256: str     # hash of `text`: the cache key for synthetic data made from this chunk
+
+
+class _Unreadable(Exception):
+    """An extractor's way of saying why a file is skipped."""
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _normalise(text: str) -> str:
+    """One space between words, no trailing spaces, at most one blank line between paragraphs.
+    Leading indentation is kept because it carries meaning in Markdown lists and code."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = re.sub(r"(?<=\S)[^\S\n]+(?=\S)", " ", text)
+    text = re.sub(r"[^\S\n]+(?=\n|$)", "", text)
+    return re.sub(r"\n{3,}", "\n\n", text).strip()
+
+
+# --- one extractor per file kind: bytes in, raw text out, _Unreadable for anything we cannot use ---
+
+def _decode_text(raw: bytes) -> str:
+    if raw.startswith(b"\xef\xbb\xbf"):
+        encoding = "utf-8-sig"
+    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        encoding = "utf-16"  # checked before the NUL test: UTF-16 text is full of NUL bytes
+    elif b"\x00" in raw:
+        raise _Unreadable("binary file")
+    else:
+        encoding = "utf-8"
+    try:
+        text = raw.decode(encoding)
+    except UnicodeDecodeError:
+        # No latin-1 fallback: it "succeeds" on any bytes and would teach the model mojibake.
+        raise _Unreadable("undecodable text") from None
+    controls = sum(1 for c in text if ord(c) < 32 and c not in "\n\r\t\f")
+    if controls > 0.05 * len(text):
+        raise _Unreadable("binary file")
+    return text
+
+
+_PARA = "\ue000"  # private-use marks for block and line breaks, so HTML source whitespace can be collapsed
+_LINE = "\ue001"
+_HTML_BLOCKS = ["p", "div", "section", "article", "main", "header", "footer", "aside", "h1", "h2", "h3", "h4",
+                "h5", "h6", "li", "ul", "ol", "dl", "dt", "dd", "table", "tr", "pre", "blockquote", "title",
+                "figure", "figcaption", "form", "hr"]
+
+
+def _html_text(raw: bytes) -> str:
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(_decode_text(raw), "lxml")
+    for tag in soup.find_all(["script", "style", "nav", "noscript", "template"]):
+        tag.decompose()
+    for tag in soup.find_all(_HTML_BLOCKS):
+        tag.insert_before(_PARA)
+        tag.insert_after(_PARA)
+    for tag in soup.find_all(["br", "td", "th"]):
+        tag.insert_after(_LINE if tag.name == "br" else " ")
+    text = re.sub(r"\s+", " ", soup.get_text())  # HTML source line breaks mean nothing
+    text = re.sub(rf"\s*{_PARA}[\s{_PARA}{_LINE}]*", "\n\n", text)
+    return re.sub(rf"\s*{_LINE}\s*", "\n", text)
+
+
+def _pdf_text(raw: bytes) -> str:
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(raw))
+    except Exception as err:  # pypdf raises many types on damaged files; all mean the same to the user
+        raise _Unreadable(f"corrupt PDF: {err}") from None
+    # Many PDFs are "encrypted" with an empty user password just to set permissions; those open fine.
+    try:
+        locked = reader.is_encrypted and not reader.decrypt("")
+    except Exception:  # e.g. an algorithm pypdf cannot decrypt without an optional dependency
+        locked = True
+    if locked:
+        raise _Unreadable("encrypted PDF")
+    try:
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except Exception as err:
+        raise _Unreadable(f"corrupt PDF: {err}") from None
+    if not "".join(pages).strip():
+        raise _Unreadable("empty (no text layer: a scanned PDF needs OCR first)")
+    return "\n\n".join(pages)
+
+
+def _docx_text(raw: bytes) -> str:
+    import docx
+    from docx.table import Table
+
+    try:
+        document = docx.Document(io.BytesIO(raw))
+    except Exception as err:
+        raise _Unreadable(f"corrupt DOCX: {err}") from None
+    blocks = []
+    for block in document.iter_inner_content():  # body order, so tables stay where they were
+        if isinstance(block, Table):
+            for row in block.rows:
+                cells = list(dict.fromkeys(cell.text.strip() for cell in row.cells))  # merged cells repeat
+                blocks.append(" | ".join(c for c in cells if c))
+        else:
+            blocks.append(block.text)
+    return "\n\n".join(blocks)
+
+
+_EXTRACTORS: dict[str, Callable[[bytes], str]] = {
+    "txt": _decode_text, "md": _decode_text, "html": _html_text, "pdf": _pdf_text, "docx": _docx_text}
+
+
+def _read_one(path: Path, shown: str) -> Document | Skipped:
+    kind = KIND_BY_SUFFIX.get(path.suffix.lower())
+    if kind is None:
+        return Skipped(shown, f"unsupported type {path.suffix.lower() or '(no extension)'}")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        return Skipped(shown, f"unreadable: {err.strerror or err}")
+    if not raw.strip():
+        return Skipped(shown, "empty")
+    try:
+        text = _normalise(_EXTRACTORS[kind](raw))
+    except _Unreadable as err:
+        return Skipped(shown, str(err))
+    if not text:
+        return Skipped(shown, "empty")
+    return Document(path=shown, text=text, sha256=_sha256(text), kind=kind)
+
+
+def _walk(root: Path) -> list[Path]:
+    """Every non-hidden file under `root`, sorted by relative path so runs are reproducible."""
+    found = []
+    for folder, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # prune .git and friends early
+        found += [Path(folder, name) for name in filenames if not name.startswith(".")]
+    return sorted(found, key=lambda p: p.relative_to(root).as_posix())
+
+
+def read_documents(paths: Iterable[str | Path]) -> tuple[list[Document], list[Skipped]]:
+    """Read files and folders (recursively) into Documents; every file that yields no text becomes a Skipped.
+    Never raises for bad input. A document whose text was already read is kept once."""
+    documents: list[Document] = []
+    skipped: list[Skipped] = []
+    seen: dict[str, str] = {}  # text hash -> path of the first copy
+    for given in paths:
+        root = Path(given)
+        if not root.exists():
+            skipped.append(Skipped(str(given), "does not exist"))
+            continue
+        files = [(p, p.relative_to(root).as_posix()) for p in _walk(root)] if root.is_dir() else [(root, str(given))]
+        for path, shown in files:
+            result = _read_one(path, shown)
+            if isinstance(result, Skipped):
+                skipped.append(result)
+            elif result.sha256 in seen:
+                skipped.append(Skipped(shown, f"duplicate of {seen[result.sha256]}"))
+            else:
+                seen[result.sha256] = shown
+                documents.append(result)
+    return documents, skipped
+
+
+def load_corpus(paths: Iterable[str | Path]) -> list[Document]:
+    """read_documents, plus one warning listing what was skipped; raises InweightsError when nothing is left."""
+    paths = list(paths)
+    documents, skipped = read_documents(paths)
+    if skipped:
+        lines = "\n".join(f"  {s.path}: {s.reason}" for s in skipped)
+        log.warning("skipped %d of %d files:\n%s", len(skipped), len(skipped) + len(documents), lines)
+    if not documents:
+        inputs = ", ".join(str(p) for p in paths) or "(no paths given)"
+        raise InweightsError(
+            f"No readable documents in {inputs}. Supported file types: {', '.join(sorted(SUPPORTED_SUFFIXES))}. "
+            "Point at a file or folder containing at least one of these with text in it.")
+    return documents
+
+
+# --- chunking ---
+
+def _fit_prefix(text: str, count: Callable[[str], int], max_tokens: int) -> int:
+    """Length of the longest prefix of `text` within max_tokens, moved back to a space when there is one."""
+    lo, hi = 1, min(len(text), max_tokens * 16)  # ~4 chars/token, so the cap only costs chunk size, never bounds
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if count(text[:mid]) <= max_tokens else (lo, mid - 1)
+    space = text.rfind(" ", 0, lo + 1)
+    return space if lo < len(text) and space > 0 and count(text[:space]) <= max_tokens else lo
+
+
+def _pieces(text: str, count: Callable[[str], int], max_tokens: int) -> Iterable[tuple[str, str]]:
+    """(separator, piece) pairs, each piece within max_tokens: whole paragraphs where they fit, else
+    sentences (or lines), else windows of a monster sentence. The separator joins it to the previous piece."""
+    for paragraph in text.split("\n\n"):
+        if count(paragraph) <= max_tokens:
+            yield "\n\n", paragraph
+            continue
+        parts = re.split(r"((?<=[.!?])\s+|\n)", paragraph)  # the captured separators are kept in `parts`
+        sep = "\n\n"
+        for i in range(0, len(parts), 2):
+            rest = parts[i].strip()
+            while rest:
+                fits = len(rest) <= max_tokens * 16 and count(rest) <= max_tokens
+                cut = len(rest) if fits else _fit_prefix(rest, count, max_tokens)
+                yield sep, rest[:cut].strip()
+                rest, sep = rest[cut:].strip(), " "
+            if i + 1 < len(parts):
+                sep = "\n" if "\n" in parts[i + 1] else " "
+
+
+def chunk_documents(docs: Sequence[Document], tokenizer, max_tokens: int = 256) -> list[Chunk]:
+    """Cut each document into chunks of at most max_tokens tokens (no special tokens), packing consecutive
+    paragraphs/sentences greedily so chunks are as large as allowed and break at natural boundaries."""
+    if max_tokens < MIN_CHUNK_TOKENS:
+        raise InweightsError(f"max_tokens must be at least {MIN_CHUNK_TOKENS}, got {max_tokens}.")
+
+    def count(text: str) -> int:
+        return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    chunks: list[Chunk] = []
+    for doc in docs:
+        texts: list[str] = []
+        current = ""
+        for sep, piece in _pieces(doc.text, count, max_tokens):
+            candidate = f"{current}{sep}{piece}" if current else piece
+            if current and count(candidate) > max_tokens:
+                texts.append(current)
+                candidate = piece
+            current = candidate
+        if current:
+            texts.append(current)
+        chunks += [Chunk(doc_path=doc.path, doc_sha256=doc.sha256, index=i, text=t, n_tokens=count(t),
+                         sha256=_sha256(t)) for i, t in enumerate(texts)]
+    return chunks

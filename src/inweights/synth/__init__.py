@@ -1,0 +1,158 @@
+"""Synthetic training data: strategies turn a chunk into (prompt, completion) examples; results are cached.
+
+A strategy is a module with `NAME`, `VERSION`, `NEEDS_TEACHER` and `make(chunk, teacher, config, stats)`.
+Adding one means writing that module and adding it to `STRATEGIES` below.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from tqdm.auto import tqdm
+
+QA_TEMPLATE = "Question: {question}\nAnswer:"
+"""The one prompt format for questions: synthetic QA is trained on it and `ask` uses it."""
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    completion: str
+    strategy: str
+    chunk_sha256: str
+    doc_path: str
+    doc_sha256: str
+    teacher: str  # "none" for LLM-free strategies
+
+
+def qa_example(question: str, answer: str, chunk, strategy: str, teacher: str) -> Example:
+    return Example(QA_TEMPLATE.format(question=question.strip()), " " + answer.strip(), strategy,
+                   chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher)
+
+
+def _strategies():
+    from inweights.synth import cloze, qa, rephrase
+
+    return {m.NAME: m for m in (cloze, qa, rephrase)}
+
+
+class _Registry(dict):
+    """Lazy so that `config` can validate names without importing every strategy at import time."""
+
+    def _fill(self):
+        if not super().__len__():
+            self.update(_strategies())
+
+    def __contains__(self, key):
+        self._fill()
+        return super().__contains__(key)
+
+    def __getitem__(self, key):
+        self._fill()
+        return super().__getitem__(key)
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
+
+    def __len__(self):
+        self._fill()
+        return super().__len__()
+
+
+STRATEGIES = _Registry()
+
+
+class ExampleCache:
+    """Examples keyed by (strategy, its version, chunk hash, teacher, settings): a rerun or a resumed run
+    regenerates only what is missing. One JSONL file per key, written atomically."""
+
+    def __init__(self, directory: Path):
+        self.directory = Path(directory)
+
+    def key(self, strategy, chunk, teacher_id: str, config) -> str:
+        settings = {k: v for k, v in asdict(config).items() if k not in ("strategies", "teacher_batch_size")}
+        raw = json.dumps([strategy.NAME, strategy.VERSION, chunk.sha256, chunk.doc_path, chunk.doc_sha256,
+                          teacher_id if strategy.NEEDS_TEACHER else "none", settings], sort_keys=True)
+        return hashlib.sha256(raw.encode()).hexdigest()
+
+    def _path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.jsonl"
+
+    def get(self, key: str) -> tuple[list[Example], dict] | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+            stats = json.loads(lines[0])["stats"]
+            return [Example(**json.loads(line)) for line in lines[1:]], stats
+        except (ValueError, KeyError, TypeError, IndexError):
+            return None  # a damaged entry is simply regenerated
+
+    def put(self, key: str, examples: list[Example], stats: dict) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        lines = [json.dumps({"stats": stats})] + [json.dumps(asdict(e), ensure_ascii=False) for e in examples]
+        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+
+
+def synthesize(chunks: Sequence, teacher, config, cache: ExampleCache, progress: bool = True
+               ) -> tuple[list[Example], dict]:
+    """Run every configured strategy on every chunk (from the cache where possible).
+
+    Returns the examples (de-duplicated across strategies and chunks) and statistics: per strategy, how many
+    were made, kept and dropped for each reason, and how many chunks came from the cache.
+    """
+    examples: list[Example] = []
+    stats: dict[str, Counter] = {}
+    teacher_id = teacher.id if teacher is not None else "none"
+    jobs = [(STRATEGIES[name], chunk) for name in config.strategies for chunk in chunks]
+    bar = tqdm(jobs, desc="synthesize", unit="chunk", disable=not progress)
+    for strategy, chunk in bar:
+        bar.set_postfix_str(strategy.NAME)
+        counter = stats.setdefault(strategy.NAME, Counter())
+        key = cache.key(strategy, chunk, teacher_id, config)
+        cached = cache.get(key)
+        if cached is None:
+            if strategy.NEEDS_TEACHER and teacher is None:
+                raise ValueError(f"strategy {strategy.NAME!r} needs a teacher")
+            made_stats: Counter = Counter()
+            made = strategy.make(chunk, teacher, config, made_stats)
+            cache.put(key, made, dict(made_stats))
+            cached = (made, dict(made_stats))
+        else:
+            counter["chunks_from_cache"] += 1
+        counter.update(cached[1])
+        examples.extend(cached[0])
+    unique, seen = [], set()
+    for example in examples:
+        ident = (example.prompt, example.completion)
+        if ident in seen:
+            stats[example.strategy]["dropped_duplicate_across_chunks"] += 1
+            continue
+        seen.add(ident)
+        unique.append(example)
+    for name, counter in stats.items():
+        counter["examples"] = sum(1 for e in unique if e.strategy == name)
+    return unique, {name: dict(c) for name, c in stats.items()}
+
+
+def assert_no_leak(examples: Sequence[Example], questions: Sequence[str]) -> None:
+    """Fail loudly if any evaluation question text appears in the training data (prompt or completion)."""
+    from inweights.synth.text import normalize
+
+    needles = {normalize(q): q for q in questions if len(normalize(q).split()) >= 3}
+    for example in examples:
+        haystack = normalize(example.prompt + " " + example.completion)
+        for needle, question in needles.items():
+            if needle in haystack:
+                raise AssertionError(f"evaluation question leaked into training data: {question!r}")

@@ -1,0 +1,61 @@
+"""Rephrase: the chunk retold in other words, sentence by sentence, by the teacher.
+
+Sentence-level paraphrases keep each output short (cheap on a CPU) and checkable: a paraphrase must keep
+every number and name of its sentence and add none that the chunk does not contain (a weak teacher's
+paraphrases otherwise invent facts), and it must not be a copy.
+"""
+
+from __future__ import annotations
+
+from inweights.synth import Example
+from inweights.synth.text import fact_tokens, normalize, sentences
+
+NAME = "rephrase"
+VERSION = 1
+NEEDS_TEACHER = True
+
+_PREFIX = """Rewrite each sentence in other words. Keep every name, number and date.
+
+Sentence: The Lindholm Bridge in Tromsdal was completed in 1987.
+Rewritten: Construction of Tromsdal's Lindholm Bridge was finished in 1987.
+
+Sentence: Each visitor must sign in at the front desk before 9:00.
+Rewritten: Before 9:00, every visitor has to sign in at the front desk.
+
+"""
+
+
+def make(chunk, teacher, config, stats) -> list[Example]:
+    if config.rephrases_per_sentence == 0:
+        return []
+    sources = [s for s in sentences(chunk.text) if len(s.split()) >= 4]
+    asks = [s for s in sources for _ in range(config.rephrases_per_sentence)]
+    if not asks:
+        return []
+    outputs = teacher.complete([f"Sentence: {s}\nRewritten:" for s in asks], prefix=_PREFIX,
+                               max_new_tokens=48, temperature=config.temperature, seed=config.seed + 1)
+    stats["made"] += len(outputs)
+    allowed = fact_tokens(chunk.text)
+    out, seen = [], set()
+    for sentence, text in zip(asks, outputs):
+        text = text.split("\n")[0].strip()
+        if not text:
+            reason = "empty"
+        elif normalize(text) == normalize(sentence):
+            reason = "copy_of_prompt"
+        elif not (0.5 <= len(text.split()) / len(sentence.split()) <= 2.0):
+            reason = "degenerate"
+        elif not fact_tokens(sentence) <= fact_tokens(text):
+            reason = "lost_a_fact"
+        elif not fact_tokens(text) <= allowed:
+            reason = "invented_a_fact"
+        elif normalize(text) in seen:
+            reason = "duplicate"
+        else:
+            reason = None
+        if reason:
+            stats[f"dropped_{reason}"] += 1
+            continue
+        seen.add(normalize(text))
+        out.append(Example("", text, NAME, chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher.id))
+    return out

@@ -1,0 +1,220 @@
+"""One training loop for every memory method.
+
+- Loss only on completion tokens, and the LM head applied only at the positions that carry loss: with a
+  262k vocabulary the head is about half of the compute of the embedded model, and most positions of a
+  QA example are prompt.
+- Length bucketing instead of padding: examples of similar length share a batch under a token budget.
+- The whole batch plan is fixed by the seed before the first step, so a run killed at any point and resumed
+  from its last checkpoint takes exactly the same batches and reaches the same memory.
+- Checkpoints (trainable weights, AdamW state, step) are safetensors + JSON, written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+IGNORE = -100
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    tokens: int
+    loss_tokens: int
+    seconds: float
+    final_loss: float
+    resumed_from_step: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def tokenize_example(tokenizer, prompt: str, completion: str, max_len: int, end_id: int | None
+                     ) -> tuple[list[int], list[int]]:
+    """Prompt and completion are tokenized separately so the boundary matches generation (which starts right
+    after the prompt's last token). `end_id` (a newline) teaches the model to stop after the completion."""
+    prompt_ids = tokenizer(prompt)["input_ids"]
+    completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
+    if end_id is not None:
+        completion_ids = completion_ids + [end_id]
+    ids = (prompt_ids + completion_ids)[:max_len]
+    labels = ([IGNORE] * len(prompt_ids) + completion_ids)[:max_len]
+    return ids, labels
+
+
+def tokenize_replay(tokenizer, texts: Sequence[str], max_len: int) -> list[tuple[list[int], list[int]]]:
+    """General text: loss on every token after BOS, cut into windows of at most max_len tokens."""
+    items = []
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        step = max_len - len(bos)
+        for start in range(0, len(ids), step):
+            window = bos + ids[start : start + step]
+            if len(window) > len(bos) + 8:
+                items.append((window, [IGNORE] * len(bos) + window[len(bos):]))
+    return items
+
+
+def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_fraction: float, epochs: int,
+                 batch_tokens: int, seed: int) -> list[list[int]]:
+    """Batches of item indices for the whole run. Items 0..n_examples-1 are examples, the rest replay.
+
+    Each epoch shuffles the examples, adds replay items so they make up `replay_fraction` of the sequences,
+    sorts windows of 64 items by length (bucketing) and cuts them into batches under the token budget
+    (rows x longest row). Batch order is shuffled again so lengths do not trend through an epoch.
+    """
+    rng = random.Random(seed)
+    plan: list[list[int]] = []
+    for _ in range(epochs):
+        items = list(range(n_examples))
+        if n_replay and replay_fraction > 0:
+            want = round(n_examples * replay_fraction / (1 - replay_fraction))
+            items += [n_examples + rng.randrange(n_replay) for _ in range(want)]
+        rng.shuffle(items)
+        epoch_batches = []
+        for start in range(0, len(items), 64):
+            window = sorted(items[start : start + 64], key=lambda i: lengths[i])
+            batch: list[int] = []
+            for i in window:
+                longest = max([lengths[j] for j in batch] + [lengths[i]])
+                if batch and longest * (len(batch) + 1) > batch_tokens:
+                    epoch_batches.append(batch)
+                    batch = []
+                batch.append(i)
+            if batch:
+                epoch_batches.append(batch)
+        rng.shuffle(epoch_batches)
+        plan.extend(epoch_batches)
+    return plan
+
+
+def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
+                    ) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions, with the LM head applied only there."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    head = causal_lm.get_output_embeddings()
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE
+    logits = head(hidden[:, :-1][keep])
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+    if softcap:
+        logits = torch.tanh(logits / softcap) * softcap
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def train(model, tokenizer, items: Sequence[tuple[list[int], list[int]]], n_examples: int, config,
+          run_dir: Path, progress: bool = True) -> TrainResult:
+    """Train the model's trainable parameters on `items` (examples first, then replay items).
+
+    Resumes from `run_dir/checkpoint` when it holds one for this same run.
+    """
+    torch.manual_seed(config.seed)
+    lengths = [len(ids) for ids, _ in items]
+    plan = plan_batches(lengths, n_examples, len(items) - n_examples, config.replay_fraction, config.epochs,
+                        config.batch_tokens, config.seed)
+    total = min(len(plan), config.max_steps) if config.max_steps else len(plan)
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError("the model has no trainable parameters; attach a memory first")
+    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total))
+    checkpoint = run_dir / "checkpoint"
+    start = _load_checkpoint(checkpoint, params, optimizer, schedule, total)
+    result = TrainResult(steps=total, tokens=0, loss_tokens=0, seconds=0.0, final_loss=float("nan"),
+                         resumed_from_step=start)
+    model.train()
+    pad = tokenizer.pad_token_id
+    bar = tqdm(range(start, total), desc="train", unit="step", disable=not progress, initial=start, total=total)
+    t0 = time.perf_counter()
+    for step in bar:
+        batch = [items[i] for i in plan[step]]
+        width = max(len(ids) for ids, _ in batch)
+        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
+        labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch])
+        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
+        loss = completion_loss(model, input_ids, mask, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad(set_to_none=True)
+        result.tokens += int(mask.sum())
+        result.loss_tokens += int((labels[:, 1:] != IGNORE).sum())
+        result.losses.append(round(loss.item(), 4))
+        elapsed = time.perf_counter() - t0
+        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
+            _save_checkpoint(checkpoint, params, optimizer, step + 1, total)
+    model.eval()
+    result.seconds = time.perf_counter() - t0
+    result.final_loss = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1) if result.losses else float("nan")
+    shutil.rmtree(checkpoint, ignore_errors=True)
+    return result
+
+
+def _lr_factor(step: int, total: int) -> float:
+    warmup = max(1, int(0.05 * total))
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _save_checkpoint(directory: Path, params: dict, optimizer, step: int, total: int) -> None:
+    tensors = {f"param.{n}": p.detach().contiguous() for n, p in params.items()}
+    state = optimizer.state_dict()["state"]
+    for index, name in enumerate(params):
+        for key, value in state.get(index, {}).items():
+            if torch.is_tensor(value):
+                tensors[f"adam.{key}.{name}"] = value.detach().reshape(-1).contiguous() if value.dim() == 0 \
+                    else value.detach().contiguous()
+    tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(tensors, tmp / "state.safetensors")
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "total": total}))
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def _load_checkpoint(directory: Path, params: dict, optimizer, schedule, total: int) -> int:
+    """Restore weights, optimizer and schedule; returns the step to continue from (0 when nothing to resume)."""
+    meta = directory / "progress.json"
+    if not meta.is_file():
+        return 0
+    progress = json.loads(meta.read_text())
+    if progress["total"] != total:
+        return 0  # a checkpoint of a different plan: start over rather than resume into the wrong run
+    tensors = load_file(directory / "state.safetensors")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(tensors[f"param.{name}"])
+    state = {}
+    for index, (name, p) in enumerate(params.items()):
+        entry = {}
+        for key in ("step", "exp_avg", "exp_avg_sq"):
+            value = tensors.get(f"adam.{key}.{name}")
+            if value is not None:
+                entry[key] = value.reshape(()) if key == "step" else value
+        if entry:
+            state[index] = entry
+    saved = optimizer.state_dict()
+    saved["state"] = state
+    optimizer.load_state_dict(saved)
+    for _ in range(progress["step"]):
+        schedule.step()
+    return progress["step"]

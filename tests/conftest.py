@@ -1,0 +1,78 @@
+"""Shared fixtures: a tiny random Gemma-3 model with a small trained BPE tokenizer, saved as a local HF directory.
+
+Every fast test uses it, so the whole suite runs on a CPU in seconds with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+TINY_TEXT = """\
+The Oslo office of Fjordlight opened in March 2019 and employs forty people.
+Question: When did the office open? Answer: March 2019.
+The quick brown fox jumps over the lazy dog. Water boils at one hundred degrees.
+Paris is the capital of France. The company was founded by Ingrid Solberg in 2011.
+Numbers: 0 1 2 3 4 5 6 7 8 9 10 2019 2011 42. Punctuation: . , ; : ! ? ' " ( ) - _
+""" * 3
+
+
+def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
+    """Write a 2-layer, 32-wide random Gemma-3 causal LM and a byte-level BPE tokenizer to `directory`."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+
+    torch.manual_seed(seed)
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<end_of_turn>"]
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(TINY_TEXT.splitlines(), trainer)
+    bos = tok.token_to_id("<bos>")
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
+                                                       special_tokens=[("<bos>", bos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+                                   pad_token="<pad>", unk_token="<unk>",
+                                   additional_special_tokens=["<end_of_turn>"])
+    config = Gemma3TextConfig(
+        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+        sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
+        layer_types=["sliding_attention", "full_attention"],
+    )
+    model = Gemma3ForCausalLM(config)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return build_tiny_model_dir(tmp_path_factory.mktemp("tiny-gemma"))
+
+
+@pytest.fixture()
+def workspace(tmp_path, monkeypatch) -> Path:
+    """An empty $INWEIGHTS_HOME for one test."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("INWEIGHTS_HOME", str(home))
+    return home
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The benchmark data beside the project (../shared/data); slow tests skip without it."""
+    path = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not path.is_dir():
+        pytest.skip("../shared/data is not present")
+    return path
+
+
+def pytest_collection_modifyitems(config, items):
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
