@@ -28,7 +28,8 @@ class SynthConfig:
     """Sampling temperature of the teacher."""
     teacher_batch_size: int = 16
     """Rows per generation batch."""
-    seed: int = 0
+    teacher_seed: int = 0
+    """Seed of the teacher's sampling."""
 
     def __post_init__(self):
         from inweights.synth import STRATEGIES
@@ -59,6 +60,7 @@ class TrainConfig:
     lr: float = 5e-4
     """Peak learning rate (AdamW, linear warm-up then cosine decay)."""
     weight_decay: float = 0.0
+    """AdamW weight decay of the memory's parameters."""
     epochs: int | None = None
     """Passes over the synthetic examples; None derives it from the corpus size."""
     max_steps: int | None = None
@@ -75,6 +77,7 @@ class TrainConfig:
     checkpoint_every: int = 25
     """Steps between resumable checkpoints."""
     seed: int = 0
+    """Seed of initialisation, batch order and replay choice: the same seed and data give the same memory."""
 
     def __post_init__(self):
         from inweights.methods import METHODS

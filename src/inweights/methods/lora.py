@@ -20,6 +20,7 @@ class LoRA:
 
     def save(self, model, directory: Path) -> None:
         model.save_pretrained(str(directory))
+        (Path(directory) / "README.md").unlink(missing_ok=True)  # PEFT's model-card stub: the manifest says more
 
     def load(self, model, directory: Path):
         peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=False)

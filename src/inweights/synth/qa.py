@@ -42,7 +42,7 @@ def make(chunk, teacher, config, stats) -> list[Example]:
     questions = teacher.complete(
         [f"Sentence: {s}\nAnswer: {a}\nQuestion:" for s, a in asks],
         prefix=_WRITE_PREFIX.format(passage=chunk.text), max_new_tokens=32,
-        temperature=config.temperature, seed=config.seed)
+        temperature=config.temperature, seed=config.teacher_seed)
     stats["made"] += len(questions)
     candidates, seen = [], set()
     for (sentence, answer), question in zip(asks, questions):

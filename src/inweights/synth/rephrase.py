@@ -33,7 +33,7 @@ def make(chunk, teacher, config, stats) -> list[Example]:
     if not asks:
         return []
     outputs = teacher.complete([f"Sentence: {s}\nRewritten:" for s in asks], prefix=_PREFIX,
-                               max_new_tokens=48, temperature=config.temperature, seed=config.seed + 1)
+                               max_new_tokens=48, temperature=config.temperature, seed=config.teacher_seed + 1)
     stats["made"] += len(outputs)
     allowed = fact_tokens(chunk.text)
     out, seen = [], set()

@@ -1,0 +1,203 @@
+"""The `inweights` command. Each subcommand is a thin layer over a function of the Python API.
+
+Run as:
+    inweights learn ./docs --memory acme
+    inweights ask acme "When was the Oslo office opened?"
+    inweights demo
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import json
+import logging
+import sys
+import textwrap
+import typing
+
+from inweights.config import LearnConfig, SynthConfig, TrainConfig
+from inweights.errors import InweightsError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    try:
+        return args.run(args) or 0
+    except InweightsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # config validation: a bad flag value
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted. Run the same command again to resume: synthetic data is cached and training "
+              "continues from its last checkpoint.", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inweights", description="Teach a language model your documents in its weights, then ask it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n  inweights learn ./docs --memory acme\n  inweights ask acme \"Who founded Acme?\"\n"
+               "  inweights demo\n\nWorkspace: $INWEIGHTS_HOME (default ~/.inweights).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("learn", help="learn documents into a new version of a memory",
+                       description="Read documents, make synthetic training data, train a memory on the frozen "
+                                   "base model and save it as a new version. Interrupted runs resume.")
+    p.add_argument("paths", nargs="+", help="files or folders (.txt .md .html .pdf .docx), read recursively")
+    p.add_argument("--memory", required=True, help="memory name (letters, digits, '-', '_')")
+    p.add_argument("--base", default=LearnConfig.base, help="base model: gemma-3-270m (embedded default), a local "
+                   "Hugging Face model directory, or a hub id (needs network)")
+    _add_dataclass_options(p, SynthConfig, "synth")
+    _add_dataclass_options(p, TrainConfig, "train")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_learn)
+
+    p = sub.add_parser("ask", help="answer a question from a memory, with no document in the prompt")
+    p.add_argument("memory", help="memory name, or NAME@VERSION for an older version")
+    p.add_argument("question")
+    p.add_argument("--no-memory", action="store_true", help="answer from the base model alone, for comparison")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
+    p.set_defaults(run=_ask)
+
+    p = sub.add_parser("memories", help="list memories and their newest versions")
+    p.set_defaults(run=_memories)
+
+    p = sub.add_parser("history", help="list the versions of a memory")
+    p.add_argument("memory")
+    p.set_defaults(run=_history)
+
+    p = sub.add_parser("demo", help="the main job: learn the shipped demo handbook and compare base vs memory",
+                       description="Learns the fictional company handbook shipped with inweights, then asks the "
+                                   "held-out questions with and without the memory and reports accuracy and "
+                                   "perplexity on general text.")
+    p.add_argument("--base", default=LearnConfig.base, help="base model (default: the embedded gemma-3-270m)")
+    p.add_argument("--memory", default="demo-handbook", help="memory name to write (default demo-handbook)")
+    p.add_argument("--out", default=None, help="also write the results as JSON to this file")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_dataclass_options(p, SynthConfig, "synth")
+    _add_dataclass_options(p, TrainConfig, "train")
+    p.set_defaults(run=_demo)
+    return parser
+
+
+def _learn(args) -> int:
+    from inweights.api import learn
+
+    config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
+                         train=_collect(args, TrainConfig, "train"))
+    version = learn(args.paths, args.memory, config, progress=not args.no_progress)
+    print(f"memory {version.ref} written to {version.path}")
+    print(f'ask it:  inweights ask {args.memory} "your question"')
+    return 0
+
+
+def _ask(args) -> int:
+    from inweights.api import ask
+    from inweights.store import Workspace
+
+    if args.no_memory:
+        manifest = Workspace().get(args.memory).manifest
+        from inweights.models import load_base
+
+        print(ask(None, args.question, base=load_base(manifest["base"]["name"]), max_new_tokens=args.max_new_tokens))
+    else:
+        print(ask(args.memory, args.question, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def _memories(args) -> int:
+    from inweights.store import Workspace
+
+    workspace = Workspace()
+    names = workspace.memories()
+    if not names:
+        print(f"no memories in {workspace.root}")
+    for name in names:
+        newest = workspace.versions(name)[-1]
+        manifest = newest.manifest
+        print(f"{name}  v{newest.version}  {manifest['method']}  base={manifest['base']['name']}  "
+              f"{len(manifest['documents'])} documents  {manifest['created']}")
+    return 0
+
+
+def _history(args) -> int:
+    from inweights.store import Workspace
+
+    for v in Workspace().versions(args.memory) or [Workspace().get(args.memory)]:
+        m = v.manifest
+        print(f"v{v.version}  {m['created']}  {len(m['documents'])} documents  {m['synthetic']['examples']} examples"
+              f"  {m['training']['steps']} steps  {m['timings'].get('total_s', 0):.0f}s")
+    return 0
+
+
+def _demo(args) -> int:
+    from inweights.demo import run_demo
+
+    config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
+                         train=_collect(args, TrainConfig, "train"))
+    result = run_demo(memory=args.memory, config=config, progress=not args.no_progress)
+    if args.out:
+        with open(args.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+# --- options generated from the config dataclasses: one source of defaults and help texts -------------------
+
+
+def _add_dataclass_options(parser, cls, group_name: str) -> None:
+    group = parser.add_argument_group(f"{group_name} options", inspect.getdoc(cls))
+    docs = _field_docs(cls)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{docs.get(f.name, '')} (default: {default})".strip()
+        kind = _scalar_type(hints[f.name])
+        if kind is tuple:
+            group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, metavar="A,B",
+                               help=help_text + ", comma-separated",
+                               type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()))
+        else:
+            group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, type=kind, help=help_text,
+                               metavar=f.name.upper())
+
+
+def _collect(args, cls, group_name: str):
+    values = {f.name: getattr(args, f"{group_name}.{f.name}") for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _scalar_type(hint):
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        return tuple
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return _scalar_type(args[0])
+    return hint
+
+
+def _field_docs(cls) -> dict[str, str]:
+    """The string literal under each field in the class body is its help text."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for node, following in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(following, ast.Expr) and \
+                isinstance(following.value, ast.Constant) and isinstance(following.value.value, str):
+            docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Evaluation: answer metrics, option scoring, perplexity and the general-ability (forgetting) suite."""

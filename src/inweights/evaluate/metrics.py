@@ -1,0 +1,212 @@
+"""Scoring functions: SQuAD-style answer matching, option log-likelihoods and perplexity.
+
+The string metrics are pure functions of (prediction, gold). Each takes one gold string or a list of golds
+and returns the best score over them. The model metrics work for any Hugging Face causal LM and for a
+PEFT-wrapped one. Put the model in eval mode first; they do not change its mode.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+Gold = str | Sequence[str]
+
+_PUNCTUATION = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(s: str) -> str:
+    """SQuAD v1.1's normalisation: lowercase, drop punctuation, drop articles a/an/the, collapse whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in _PUNCTUATION)
+    s = _ARTICLES.sub(" ", s)
+    return " ".join(s.split())
+
+
+def exact_match(pred: str, gold: Gold) -> float:
+    """1.0 when the normalised prediction equals a normalised gold."""
+    return _best(_exact_match_one, pred, gold)
+
+
+def f1(pred: str, gold: Gold) -> float:
+    """SQuAD v1.1 token F1 between the normalised prediction and the best gold (0.0 when either is empty)."""
+    return _best(_f1_one, pred, gold)
+
+
+def contains(pred: str, gold: Gold) -> float:
+    """1.0 when a normalised gold appears in the normalised prediction as a whole-word span.
+
+    Whole words, not raw substrings, so the gold "1" does not match "1990" and "art" does not match
+    "party". A gold that normalises to nothing (e.g. "The") never matches: it would match everything.
+    """
+    return _best(_contains_one, pred, gold)
+
+
+def alias_match(pred: str, aliases: Gold) -> float:
+    """TriviaQA-style match: 1.0 when any alias appears in the prediction as a whole-word span.
+
+    We chose containment over equality because greedy answers from a base model are often short phrases
+    ("Onion, a vegetable"). Equality would miss them. Matching whole words keeps short aliases from
+    matching inside longer words. See `contains`.
+    """
+    return _best(_contains_one, pred, aliases)
+
+
+def _best(score: Callable[[str, str], float], pred: str, gold: Gold) -> float:
+    golds = [gold] if isinstance(gold, str) else list(gold)
+    if not golds:
+        raise ValueError("no gold answers to compare against")
+    return max(score(pred, g) for g in golds)
+
+
+def _exact_match_one(pred: str, gold: str) -> float:
+    return float(normalize_answer(pred) == normalize_answer(gold))
+
+
+def _f1_one(pred: str, gold: str) -> float:
+    pred_tokens = normalize_answer(pred).split()
+    gold_tokens = normalize_answer(gold).split()
+    same = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
+    if same == 0:
+        return 0.0
+    precision = same / len(pred_tokens)
+    recall = same / len(gold_tokens)
+    return 2 * precision * recall / (precision + recall)
+
+
+def _contains_one(pred: str, gold: str) -> float:
+    gold_n = normalize_answer(gold)
+    if not gold_n:
+        return 0.0
+    # Normalised text is single-space-separated words, so padding both with spaces makes `in` match whole words.
+    return float(f" {gold_n} " in f" {normalize_answer(pred)} ")
+
+
+@torch.no_grad()
+def option_logliks(
+    model,
+    tokenizer,
+    contexts: Sequence[str],
+    options: Sequence[Sequence[str]],
+    batch_size: int = 8,
+) -> list[list[tuple[float, int]]]:
+    """For each context and each of its options: (sum of log p(option tokens | context), number of option tokens).
+
+    The context is tokenized with special tokens (so it starts with BOS where the tokenizer adds one). The
+    option is tokenized without them, as " " + option.lstrip(), or just option.lstrip() when the context
+    already ends in whitespace. The two id lists are concatenated, so the context/option boundary is exact
+    and does not depend on how the tokenizer would merge across it. Pairs are sorted by length and run in
+    right-padded batches. Logits are computed only for the positions that predict option tokens.
+    """
+    if len(contexts) != len(options):
+        raise ValueError(f"{len(contexts)} contexts but {len(options)} option lists")
+    pairs = []  # (context index, option index, token ids, context length)
+    for i, (context, opts) in enumerate(zip(contexts, options)):
+        context_ids = tokenizer(context)["input_ids"]
+        if not context_ids:
+            raise ValueError(f"context {i} is empty and the tokenizer adds no BOS: nothing to condition on")
+        sep = "" if context[-1:].isspace() else " "
+        for j, option in enumerate(opts):
+            text = sep + option.lstrip()
+            option_ids = tokenizer(text, add_special_tokens=False)["input_ids"] if option.strip() else []
+            pairs.append((i, j, context_ids + option_ids, len(context_ids)))
+
+    results: list[list[tuple[float, int]]] = [[(0.0, 0)] * len(opts) for opts in options]
+    pairs.sort(key=lambda p: len(p[2]), reverse=True)
+    device = next(model.parameters()).device
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    for start in range(0, len(pairs), batch_size):
+        batch = pairs[start : start + batch_size]
+        for (i, j, ids, n_ctx), score in zip(batch, _score_batch(model, batch, pad, device)):
+            results[i][j] = (score, len(ids) - n_ctx)
+    return results
+
+
+def _score_batch(model, batch, pad: int, device) -> list[float]:
+    """Sum of option-token log-probs for each (.., ids, context length) row of one right-padded batch."""
+    lengths = torch.tensor([len(ids) for _, _, ids, _ in batch])
+    context_lengths = torch.tensor([n_ctx for _, _, _, n_ctx in batch])
+    width = int(lengths.max())
+    # Position p predicts token p + 1; option tokens sit at [context length, length), so only positions
+    # [min context length - 1, max length - 1) are needed.
+    lo, hi = int(context_lengths.min()) - 1, width - 1
+    if hi <= lo:
+        return [0.0] * len(batch)
+    input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for _, _, ids, _ in batch])
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    keep = torch.arange(lo, hi)
+    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device))
+    logits = out.logits
+    if logits.shape[1] != hi - lo:  # a model that ignores logits_to_keep returns every position
+        logits = logits[:, lo:hi]
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    del out, logits  # free the full-vocab logits before the next batch
+    targets = input_ids[:, lo + 1 : hi + 1].to(logprobs.device)
+    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+    target_pos = keep + 1
+    scored = (target_pos[None, :] >= context_lengths[:, None]) & (target_pos[None, :] < lengths[:, None])
+    # where(), not multiply: padded rows can hold NaN logits on some attention backends, and NaN * 0 is NaN.
+    return torch.where(scored, token_logprobs, torch.zeros(())).sum(-1).tolist()
+
+
+def choose(logliks: Sequence[tuple[float, int]], normalize: bool = False) -> int:
+    """Index of the best option, by total log-likelihood or (normalize=True) by log-likelihood per token."""
+    if not logliks:
+        raise ValueError("no options to choose from")
+    scores = [total / max(n, 1) if normalize else total for total, n in logliks]
+    return max(range(len(scores)), key=scores.__getitem__)  # ties go to the first option
+
+
+@torch.no_grad()
+def perplexity(model, tokenizer, text: str, max_tokens: int = 1024, window: int = 512) -> float:
+    """exp(mean next-token NLL) over the first `max_tokens` tokens of `text`.
+
+    The tokens are cut into consecutive, non-overlapping windows. With a BOS token, each window is BOS plus
+    the next `window - 1` text tokens, and every text token is scored. Without one, each window is the next
+    `window` tokens and its first token is only context. Windows never see earlier windows. This is simple
+    and reproducible, but it scores a little higher than a sliding window with overlap would.
+    """
+    nll, count = sum_nll(model, tokenizer, text, max_tokens, window)
+    return float(torch.exp(torch.tensor(nll / count)))
+
+
+def sum_nll(model, tokenizer, text: str, max_tokens: int, window: int) -> tuple[float, int]:
+    """(summed next-token NLL, number of scored tokens), windowed as `perplexity` describes."""
+    bos = tokenizer.bos_token_id
+    if window < 2:
+        raise ValueError(f"window must be at least 2 tokens, got {window}")
+    ids = _leading_token_ids(tokenizer, text, max_tokens)
+    step = window - 1 if bos is not None else window
+    device = next(model.parameters()).device
+    nll, count = 0.0, 0
+    for start in range(0, len(ids), step):
+        chunk = ([bos] if bos is not None else []) + ids[start : start + step]
+        if len(chunk) < 2:
+            continue
+        input_ids = torch.tensor([chunk], device=device)
+        logits = model(input_ids=input_ids).logits[0, :-1].float()
+        nll += float(F.cross_entropy(logits, input_ids[0, 1:], reduction="sum"))
+        count += len(chunk) - 1
+    if count == 0:
+        raise ValueError("text is too short to score: it needs at least one token after the first")
+    return nll, count
+
+
+def _leading_token_ids(tokenizer, text: str, max_tokens: int) -> list[int]:
+    """The first `max_tokens` token ids of `text` (no special tokens).
+
+    Only a prefix of the text is tokenized, with some spare tokens so the cut cannot change the kept ones.
+    WikiText is over a megabyte, and tokenizing all of it to keep 1,024 tokens is slow.
+    """
+    chars = max(4096, 8 * max_tokens)
+    while True:
+        ids = tokenizer(text[:chars], add_special_tokens=False)["input_ids"]
+        if len(ids) > max_tokens + 16 or chars >= len(text):
+            return ids[:max_tokens]
+        chars *= 2

@@ -1,0 +1,181 @@
+"""The learn -> ask path end to end on the tiny model: files written, manifest, resume, caching, versions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from inweights import InweightsError, LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn, load_memory
+from inweights.models import load_base
+from inweights.store import validate_name
+
+DOC = """# Fjordlight Instruments
+
+Fjordlight Instruments was founded by Ingrid Vassbotn in 2011. The Oslo office opened in March 2019.
+The TideLog 300 sensor costs 1,450 euros. The annual party, Lanternfest, takes place on Rovoy.
+"""
+
+
+@pytest.fixture()
+def docs(tmp_path) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "handbook.md").write_text(DOC)
+    (folder / "notes.txt").write_text("The Bergen office has 34 employees and opened in April 2016.\n")
+    return folder
+
+
+@pytest.fixture()
+def base(tiny_model_dir):
+    return load_base(str(tiny_model_dir))
+
+
+def small_config(tiny_model_dir, **train) -> LearnConfig:
+    """Teacher strategies on, but few of everything so the suite stays fast."""
+    return LearnConfig(
+        base=str(tiny_model_dir),
+        synth=SynthConfig(questions_per_fact=1, rephrases_per_sentence=1, facts_per_sentence=1, chunk_tokens=128),
+        train=TrainConfig(**({"epochs": 2, "replay_sequences": 4, "batch_tokens": 512, "checkpoint_every": 3} | train)),
+    )
+
+
+def test_learn_then_ask_writes_a_versioned_memory(docs, workspace, tiny_model_dir, base):
+    version = learn([docs], "acme", small_config(tiny_model_dir), base=base, progress=False)
+
+    assert version.path == workspace / "memories" / "acme" / "v1"
+    assert sorted(p.name for p in version.path.iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "manifest.json"]
+    adapter = json.loads((version.path / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "LORA" and adapter["r"] == 16
+    weights = load_file(version.path / "adapter_model.safetensors")
+    assert weights and all("lora_" in k for k in weights)
+    assert not list((workspace / "memories" / "acme").glob(".staging*"))
+    assert not list((workspace / "runs").rglob("checkpoint"))  # removed once training finished
+
+    answer = ask("acme", "Who founded Fjordlight Instruments?", base=base)
+    assert isinstance(answer, str)
+    # The base model is left without the memory attached after learn and ask.
+    assert not any("lora" in n for n, _ in base.model.named_parameters())
+
+
+def test_manifest_records_everything_that_made_the_memory(docs, workspace, tiny_model_dir, base):
+    version = learn([docs], "acme", small_config(tiny_model_dir), base=base, progress=False)
+    m = version.manifest
+    assert m["name"] == "acme" and m["method"] == "lora"
+    assert m["base"] == {"name": str(tiny_model_dir), "fingerprint": base.fingerprint}
+    assert {d["path"] for d in m["documents"]} == {"handbook.md", "notes.txt"}
+    assert all(len(d["sha256"]) == 64 and d["chunks"] >= 1 for d in m["documents"])
+    assert m["config"]["train"]["epochs"] == 2 and m["config"]["synth"]["questions_per_fact"] == 1
+    assert LearnConfig.from_dict(m["config"]) == LearnConfig.from_dict(m["config"])  # round-trips
+    synth = m["synthetic"]
+    assert synth["examples"] > 0 and set(synth["by_strategy"]) == {"cloze", "qa", "rephrase"}
+    assert synth["by_strategy"]["qa"]["made"] > 0  # the teacher ran; its drops are counted by reason
+    assert m["training"]["steps"] > 0 and m["training"]["tokens"] > 0
+    assert {"load_base_s", "synthesize_s", "train_s", "total_s"} <= set(m["timings"])
+
+
+def test_relearning_makes_a_new_version_and_reuses_cached_examples(docs, workspace, tiny_model_dir, base):
+    config = small_config(tiny_model_dir)
+    first = learn([docs], "acme", config, base=base, progress=False)
+    (docs / "notes.txt").write_text("The Bergen office has 35 employees and opened in April 2016.\n")
+    second = learn([docs], "acme", config, base=base, progress=False)
+
+    assert (first.version, second.version) == (1, 2)
+    assert Workspace().get("acme").version == 2 and Workspace().get("acme@1").version == 1
+    stats = second.manifest["synthetic"]["by_strategy"]
+    # handbook.md is unchanged: its chunks come from the cache; notes.txt changed and is regenerated.
+    assert stats["cloze"]["chunks_from_cache"] == first.manifest["documents"][0]["chunks"]
+    assert first.manifest["documents"][1]["sha256"] != second.manifest["documents"][1]["sha256"]
+
+
+def test_same_seed_gives_the_same_memory(docs, tmp_path, monkeypatch, tiny_model_dir, base):
+    weights = []
+    for run in ("a", "b"):
+        monkeypatch.setenv("INWEIGHTS_HOME", str(tmp_path / run))
+        version = learn([docs], "acme", small_config(tiny_model_dir), base=base, progress=False)
+        weights.append(load_file(version.path / "adapter_model.safetensors"))
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def test_interrupted_training_resumes_to_the_same_memory(docs, tmp_path, monkeypatch, tiny_model_dir, base):
+    import inweights.train as train_module
+
+    config = small_config(tiny_model_dir, epochs=3)
+    monkeypatch.setenv("INWEIGHTS_HOME", str(tmp_path / "straight"))
+    straight = learn([docs], "acme", config, base=base, progress=False)
+
+    monkeypatch.setenv("INWEIGHTS_HOME", str(tmp_path / "interrupted"))
+    real_save = train_module._save_checkpoint
+    saves = []
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        saves.append(args[3])
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # killed right after the second checkpoint
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        learn([docs], "acme", config, base=base, progress=False)
+    assert not Workspace().versions("acme")  # nothing half-written became visible
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed = learn([docs], "acme", config, base=base, progress=False)
+
+    assert resumed.manifest["training"]["resumed_from_step"] == saves[-1] > 0
+    a = load_file(straight.path / "adapter_model.safetensors")
+    b = load_file(resumed.path / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_a_failed_write_leaves_no_version(workspace):
+    def broken(directory: Path):
+        (directory / "adapter_model.safetensors").write_bytes(b"partial")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        Workspace().publish("acme", broken)
+    assert Workspace().versions("acme") == []
+    assert list((workspace / "memories" / "acme").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "UPPER", "x" * 65, "acme@1", "a b"])
+def test_memory_names_are_validated(name):
+    with pytest.raises(InweightsError):
+        validate_name(name)
+
+
+def test_unknown_memory_and_version_give_clear_errors(workspace):
+    with pytest.raises(InweightsError, match="no memory named 'nope'"):
+        Workspace().get("nope")
+    with pytest.raises(InweightsError, match="invalid version"):
+        Workspace().get("nope@x")
+
+
+def test_learn_with_nothing_readable_fails_clearly(tmp_path, workspace, tiny_model_dir, base):
+    (tmp_path / "blob.txt").write_bytes(b"\x00\x01\x02" * 100)
+    with pytest.raises(InweightsError):
+        learn([tmp_path / "blob.txt"], "acme", small_config(tiny_model_dir), base=base, progress=False)
+
+
+def test_evaluation_questions_never_reach_training(docs, workspace, tiny_model_dir, base):
+    leaked = "founded by Ingrid Vassbotn in 2011"  # part of a statement the cloze strategy trains on
+    config = small_config(tiny_model_dir)
+    config.synth = SynthConfig(strategies=("cloze",), facts_per_sentence=1)
+    with pytest.raises(AssertionError, match="leaked"):
+        learn([docs], "acme", config, base=base, exclude_questions=[leaked], progress=False)
+
+
+def test_load_memory_base_answers_match_the_plain_base(docs, workspace, tiny_model_dir, base):
+    learn([docs], "acme", small_config(tiny_model_dir, lr=5e-2), base=base, progress=False)
+    questions = ["Who founded Fjordlight?", "When did the Oslo office open?"]
+    plain = load_memory(None, base=base).answer(questions)
+    loaded = load_memory("acme", base=base)
+    try:
+        assert loaded.base_answers(questions) == plain
+    finally:
+        loaded.close()
