@@ -47,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  inweights learn ./docs --memory acme\n  inweights ask acme \"Who founded Acme?\"\n"
                "  inweights demo\n\nWorkspace: $INWEIGHTS_HOME (default ~/.inweights).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log more detail")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", help="what to do")
 
     p = sub.add_parser("learn", help="learn documents into a new version of a memory",
                        description="Read documents, make synthetic training data, train a memory on the frozen "
@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ask", help="answer a question from a memory, with no document in the prompt")
     p.add_argument("memory", help="memory name, or NAME@VERSION for an older version")
-    p.add_argument("question")
+    p.add_argument("question", help="the question, answered from the memory's weights alone")
     p.add_argument("--no-memory", action="store_true", help="answer from the base model alone, for comparison")
     p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
     p.set_defaults(run=_ask)
@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_memories)
 
     p = sub.add_parser("history", help="list the versions of a memory")
-    p.add_argument("memory")
+    p.add_argument("memory", help="memory name")
     p.set_defaults(run=_history)
 
     p = sub.add_parser("demo", help="the main job: learn the shipped demo handbook and compare base vs memory",

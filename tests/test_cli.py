@@ -1,0 +1,70 @@
+"""The command line: every option documented, bad input gives a clear message and exit code 2."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from inweights import SynthConfig, TrainConfig
+from inweights.cli import build_parser, main
+
+
+@pytest.mark.parametrize("argv", [[], ["learn"], ["ask"], ["demo"], ["memories"], ["history"]])
+def test_help_describes_every_option(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv + ["--help"])
+    assert exit_info.value.code == 0
+    assert "usage: inweights" in capsys.readouterr().out
+
+
+def test_every_argument_of_every_command_has_help():
+    parser = build_parser()
+    commands = [a for a in parser._actions if a.dest == "command"][0].choices
+    for name, sub in [("inweights", parser), *commands.items()]:
+        for action in sub._actions:
+            assert action.help, f"{name}: {action.dest} has no help text"
+
+
+def test_learn_help_lists_every_config_field_with_its_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["learn", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    for cls in (SynthConfig, TrainConfig):
+        for field in dataclasses.fields(cls):
+            assert "--" + field.name.replace("_", "-") in out
+    assert "Peak learning rate" in out and "comma-separated" in out
+
+
+def test_learn_with_missing_documents_exits_2_with_a_message(tmp_path, workspace, tiny_model_dir, capsys):
+    code = main(["learn", str(tmp_path / "nothing-here"), "--memory", "acme", "--base", str(tiny_model_dir),
+                 "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and "nothing-here" in err and "Traceback" not in err
+
+
+def test_bad_memory_name_and_bad_config_values_exit_2(tmp_path, workspace, capsys):
+    (tmp_path / "a.txt").write_text("Some text here.")
+    assert main(["learn", str(tmp_path), "--memory", "../evil", "--no-progress"]) == 2
+    assert "invalid memory name" in capsys.readouterr().err
+    assert main(["learn", str(tmp_path), "--memory", "ok", "--strategies", "telepathy", "--no-progress"]) == 2
+    assert "unknown strategies" in capsys.readouterr().err
+
+
+def test_ask_an_unknown_memory_exits_2(workspace, capsys):
+    assert main(["ask", "ghost", "Who?"]) == 2
+    assert "no memory named 'ghost'" in capsys.readouterr().err
+
+
+def test_cli_learn_ask_history(tmp_path, workspace, tiny_model_dir, capsys):
+    (tmp_path / "doc.md").write_text("Fjordlight was founded by Ingrid Vassbotn in 2011. It makes TideLog sensors.")
+    assert main(["learn", str(tmp_path), "--memory", "acme", "--base", str(tiny_model_dir), "--strategies", "cloze",
+                 "--epochs", "1", "--replay-fraction", "0", "--no-progress"]) == 0
+    assert "memory acme@1 written" in capsys.readouterr().out
+    assert main(["ask", "acme", "Who founded Fjordlight?", "--max-new-tokens", "4"]) == 0
+    capsys.readouterr()  # a random tiny model answers with noise; the path is what is tested
+    assert main(["history", "acme"]) == 0
+    assert capsys.readouterr().out.startswith("v1")
+    assert main(["memories"]) == 0
+    assert capsys.readouterr().out.startswith("acme  v1  lora")
