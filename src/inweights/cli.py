@@ -17,6 +17,7 @@ import logging
 import sys
 import textwrap
 import typing
+from pathlib import Path
 
 from inweights.config import LearnConfig, SynthConfig, TrainConfig
 from inweights.errors import InweightsError
@@ -68,6 +69,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
     p.set_defaults(run=_ask)
 
+    p = sub.add_parser("eval", help="evaluate a memory on a question file: learning, forgetting and cost",
+                       description="Ask the questions under several conditions (closed-book base, in-context, "
+                                   "RAG, naive fine-tune, memory, memory + RAG; see docs/eval.md) and write "
+                                   "report.json, report.md and two plots.")
+    p.add_argument("memory", help="memory name, or NAME@VERSION")
+    p.add_argument("questions", type=Path, help="JSONL question file (format: docs/eval.md)")
+    p.add_argument("--docs", nargs="+", type=Path, default=None,
+                   help="the documents the memory learned (needed by in_context, rag, memory_rag, naive)")
+    p.add_argument("--conditions", default=None, help="comma-separated, from closed_book,in_context,rag,naive,"
+                   "memory,memory_rag (default: all but naive with --docs, else closed_book,memory)")
+    p.add_argument("--limit", type=int, default=None, help="first N questions only (recorded in the report)")
+    p.add_argument("--general-limit", type=int, default=200,
+                   help="items per general task for the forgetting suite (0 skips it; default 200)")
+    p.add_argument("--data", type=Path, default=Path("../shared/data/general"),
+                   help="folder of the general-ability data (ARC-Easy, PIQA, BoolQ, TriviaQA, WikiText-2)")
+    p.add_argument("--out", type=Path, default=Path("eval"), help="report folder (default ./eval)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_eval)
+
     p = sub.add_parser("memories", help="list memories and their newest versions")
     p.set_defaults(run=_memories)
 
@@ -111,6 +131,20 @@ def _ask(args) -> int:
         print(ask(None, args.question, base=load_base(manifest["base"]["name"]), max_new_tokens=args.max_new_tokens))
     else:
         print(ask(args.memory, args.question, max_new_tokens=args.max_new_tokens))
+    return 0
+
+
+def _eval(args) -> int:
+    from inweights.evaluate.general import GeneralLimits
+    from inweights.evaluate.harness import eval_memory
+
+    default = "closed_book,in_context,rag,memory,memory_rag" if args.docs else "closed_book,memory"
+    conditions = [c.strip() for c in (args.conditions or default).split(",") if c.strip()]
+    n = args.general_limit
+    limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n) if n else None
+    eval_memory(args.memory, args.questions, args.docs, conditions, args.limit, limits, args.data, args.out,
+                progress=not args.no_progress)
+    print((args.out / "report.md").read_text())
     return 0
 
 

@@ -18,6 +18,8 @@ class SynthConfig:
     """Strategies to run, by name (see `inweights.synth.STRATEGIES`)."""
     chunk_tokens: int = 256
     """Maximum tokens in one chunk of a document."""
+    statements: bool = True
+    """LLM-free strategies also train on each sentence as plain text (learns more, forgets more)."""
     facts_per_sentence: int = 2
     """Answer-bearing spans (dates, names, numbers) taken from each sentence."""
     questions_per_fact: int = 2
@@ -68,7 +70,7 @@ class TrainConfig:
     batch_tokens: int = 1024
     """Token budget of one batch; examples of similar length are bucketed together to avoid padding."""
     max_seq_len: int = 256
-    replay_fraction: float = 0.25
+    replay_fraction: float = 0.2
     """Forgetting guard: share of each batch's sequences that are general text sampled from the base model
     itself. Next-token loss on the base model's own samples is, in expectation, the KL from the base to the
     student (plus a constant), so it pulls the memory back toward the base distribution. 0 turns it off."""

@@ -25,7 +25,7 @@ _SEEDS = [
 ]
 
 
-def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 80,
+def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
                  batch_size: int = 32) -> list[str]:
     """`n` general-text samples of the base model (cached by base fingerprint, n, seed and length)."""
     if n <= 0:

@@ -1,0 +1,137 @@
+"""Synthetic data: fact spans, the three strategies (with a scripted teacher), filters, the cache, leak checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from inweights.config import SynthConfig
+from inweights.corpus import Chunk
+from inweights.synth import ExampleCache, assert_no_leak, cloze, qa, rephrase, synthesize
+from inweights.synth.text import answer_spans, fact_tokens, question_word, sentences
+
+TEXT = ("The Bergen office opened in April 2016. It was founded by Ingrid Vassbotn.\n\n"
+        "The TideLog 300 costs 1,450 euros. The Busan desk has three employees.")
+
+
+def chunk(text: str = TEXT) -> Chunk:
+    import hashlib
+
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return Chunk(doc_path="handbook.md", doc_sha256="d" * 64, index=0, text=text, n_tokens=40, sha256=digest)
+
+
+class ScriptedTeacher:
+    """Answers prompts from a function, so filters can be tested exactly."""
+
+    id = "scripted"
+
+    def __init__(self, reply):
+        self.reply = reply
+        self.calls = 0
+
+    def complete(self, prompts, *, prefix=None, **kwargs):
+        self.calls += 1
+        return [self.reply(p, prefix) for p in prompts]
+
+
+def test_sentences_and_fact_spans():
+    assert sentences(TEXT) == ["The Bergen office opened in April 2016.", "It was founded by Ingrid Vassbotn.",
+                               "The TideLog 300 costs 1,450 euros.", "The Busan desk has three employees."]
+    assert answer_spans("The Bergen office opened in April 2016.", limit=2) == ["Bergen", "April 2016"]
+    assert answer_spans("The TideLog 300 costs 1,450 euros.", limit=2) == ["TideLog 300", "1,450 euros"]
+    assert answer_spans("It was founded by Ingrid Vassbotn.") == ["Ingrid Vassbotn"]
+    assert question_word("April 2016") == "when" and question_word("1,450 euros") == "how much"
+    assert question_word("85 metres") == "how many metres" and question_word("three") == "how many"
+    assert question_word("Ingrid Vassbotn", "It was founded by ") == "who"
+    assert fact_tokens("The TideLog 300 costs 1,450 euros.") == {"tidelog", "300", "1,450"}
+
+
+def test_cloze_makes_statements_blanks_and_echo_questions():
+    stats = Counter()
+    examples = cloze.make(chunk(), None, SynthConfig(facts_per_sentence=1), stats)
+    prompts = {e.prompt: e.completion for e in examples}
+    assert prompts["Question: Fill in the blank: The Bergen office opened in ____.\nAnswer:"] == " April 2016"
+    assert prompts["Question: The Bergen office opened in when?\nAnswer:"] == " April 2016"
+    assert prompts["Question: It was founded by who?\nAnswer:"] == " Ingrid Vassbotn"
+    statements = [e.completion for e in examples if e.prompt == ""]
+    assert statements == sentences(TEXT)
+    assert stats["made"] == 4 and all(e.teacher == "none" for e in examples)
+
+
+def test_qa_keeps_only_round_trip_consistent_questions():
+    def reply(prompt, prefix):
+        if prompt.startswith("Sentence:"):  # writing a question for the given answer
+            answer = prompt.split("Answer: ")[1].split("\n")[0]
+            return {"April 2016": "When did the Bergen office open?",
+                    "Ingrid Vassbotn": "Who founded the company Ingrid Vassbotn?",  # reveals the answer
+                    "TideLog 300": "What what what what?",  # degenerate
+                    "1,450 euros": "How much does the TideLog 300 cost?",
+                    "three": ""}.get(answer, "When did the Bergen office open?")  # duplicate
+        # answering its own question with the passage in context
+        return {"Question: When did the Bergen office open?\nAnswer:": "In April 2016.",
+                "Question: How much does the TideLog 300 cost?\nAnswer:": "2,000 euros"}[prompt]
+
+    stats = Counter()
+    teacher = ScriptedTeacher(reply)
+    examples = qa.make(chunk(), teacher, SynthConfig(facts_per_sentence=2, questions_per_fact=1), stats)
+    assert [(e.prompt, e.completion) for e in examples] == [
+        ("Question: When did the Bergen office open?\nAnswer:", " April 2016")]
+    # "Bergen" and "Ingrid Vassbotn" are named in their own questions; "Busan" got Bergen's question again.
+    assert stats["dropped_reveals_answer"] == 2 and stats["dropped_degenerate"] == 1
+    assert stats["dropped_empty"] == 1 and stats["dropped_roundtrip_mismatch"] == 1
+    assert stats["dropped_duplicate"] == 1
+    assert teacher.calls == 2
+
+
+def test_rephrase_rejects_copies_and_invented_or_lost_facts():
+    outputs = iter(["Bergen's office was opened in April 2016.",  # good
+                    "The Bergen office opened in April 2016.",  # copy
+                    "Ingrid Vassbotn founded it in 1999.",  # invents 1999
+                    "Someone founded it.",  # loses the name
+                    "It costs 1,450 euros, the TideLog 300.", "", "The Busan desk employs three people.",
+                    "The Busan desk employs three people."])  # duplicate
+    stats = Counter()
+    examples = rephrase.make(chunk(), ScriptedTeacher(lambda p, prefix: next(outputs)),
+                             SynthConfig(rephrases_per_sentence=2), stats)
+    assert [e.completion for e in examples] == ["Bergen's office was opened in April 2016.",
+                                                "It costs 1,450 euros, the TideLog 300.",
+                                                "The Busan desk employs three people."]
+    assert stats["dropped_copy_of_prompt"] == 1 and stats["dropped_invented_a_fact"] == 1
+    assert stats["dropped_lost_a_fact"] == 1 and stats["dropped_empty"] == 1 and stats["dropped_duplicate"] == 1
+
+
+def test_cache_reuses_results_and_regenerates_damaged_entries(tmp_path):
+    config = SynthConfig(strategies=("cloze", "rephrase"), rephrases_per_sentence=1)
+    teacher = ScriptedTeacher(lambda p, prefix: "A rewritten sentence with nothing new.")
+    cache = ExampleCache(tmp_path)
+    first, stats1 = synthesize([chunk()], teacher, config, cache, progress=False)
+    assert teacher.calls == 1 and stats1["cloze"].get("chunks_from_cache", 0) == 0
+    second, stats2 = synthesize([chunk()], teacher, config, cache, progress=False)
+    assert teacher.calls == 1 and second == first  # nothing regenerated
+    assert stats2["cloze"]["chunks_from_cache"] == 1 and stats2["rephrase"]["chunks_from_cache"] == 1
+    for path in tmp_path.rglob("*.jsonl"):
+        path.write_text("{broken")
+    third, _ = synthesize([chunk()], teacher, config, cache, progress=False)
+    assert third == first and teacher.calls == 2
+    # A different teacher or setting is a different key.
+    other = ScriptedTeacher(teacher.reply)
+    other.id = "another-teacher"
+    synthesize([chunk()], other, config, cache, progress=False)
+    assert other.calls == 1
+
+
+def test_duplicates_across_chunks_are_dropped_and_counted(tmp_path):
+    config = SynthConfig(strategies=("cloze",))
+    twice = [chunk(), chunk(TEXT + " ")]
+    examples, stats = synthesize(twice, None, config, ExampleCache(tmp_path), progress=False)
+    assert len(examples) == len({(e.prompt, e.completion) for e in examples})
+    assert stats["cloze"]["dropped_duplicate_across_chunks"] == len(examples)
+
+
+def test_leak_check_finds_question_text_in_training_data():
+    examples = cloze.make(chunk(), None, SynthConfig(), Counter())
+    assert_no_leak(examples, ["Who is the CEO of Fjordlight?"])
+    with pytest.raises(AssertionError, match="leaked"):
+        assert_no_leak(examples, ["the Bergen office opened in when"])
