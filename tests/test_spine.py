@@ -38,7 +38,8 @@ def small_config(tiny_model_dir, **train) -> LearnConfig:
     """Teacher strategies on, but few of everything so the suite stays fast."""
     return LearnConfig(
         base=str(tiny_model_dir),
-        synth=SynthConfig(questions_per_fact=1, rephrases_per_sentence=1, facts_per_sentence=1, chunk_tokens=128),
+        synth=SynthConfig(strategies=("cloze", "qa", "rephrase"), questions_per_fact=1, rephrases_per_sentence=1,
+                          facts_per_sentence=1, chunk_tokens=128, statements=True),
         train=TrainConfig(**({"epochs": 2, "replay_sequences": 4, "batch_tokens": 512, "checkpoint_every": 3} | train)),
     )
 
@@ -163,7 +164,7 @@ def test_learn_with_nothing_readable_fails_clearly(tmp_path, workspace, tiny_mod
 
 
 def test_evaluation_questions_never_reach_training(docs, workspace, tiny_model_dir, base):
-    leaked = "founded by Ingrid Vassbotn in 2011"  # part of a statement the cloze strategy trains on
+    leaked = "Fjordlight Instruments was founded by Ingrid Vassbotn in when"  # an echo question cloze makes
     config = small_config(tiny_model_dir)
     config.synth = SynthConfig(strategies=("cloze",), facts_per_sentence=1)
     with pytest.raises(AssertionError, match="leaked"):

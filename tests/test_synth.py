@@ -50,7 +50,7 @@ def test_sentences_and_fact_spans():
 
 def test_cloze_makes_statements_blanks_and_echo_questions():
     stats = Counter()
-    examples = cloze.make(chunk(), None, SynthConfig(facts_per_sentence=1), stats)
+    examples = cloze.make(chunk(), None, SynthConfig(facts_per_sentence=1, statements=True), stats)
     prompts = {e.prompt: e.completion for e in examples}
     assert prompts["Question: Fill in the blank: The Bergen office opened in ____.\nAnswer:"] == " April 2016"
     assert prompts["Question: The Bergen office opened in when?\nAnswer:"] == " April 2016"
@@ -58,6 +58,8 @@ def test_cloze_makes_statements_blanks_and_echo_questions():
     statements = [e.completion for e in examples if e.prompt == ""]
     assert statements == sentences(TEXT)
     assert stats["made"] == 4 and all(e.teacher == "none" for e in examples)
+    without = cloze.make(chunk(), None, SynthConfig(facts_per_sentence=1), Counter())
+    assert [e for e in examples if e.prompt] == without  # statements are off by default
 
 
 def test_qa_keeps_only_round_trip_consistent_questions():

@@ -24,13 +24,13 @@ from inweights.config import LearnConfig, resolve_epochs
 from inweights.corpus import chunk_documents, load_corpus
 from inweights.errors import InweightsError
 from inweights.generate import generate
-from inweights.guard import replay_texts
+from inweights.guard import replay_targets, replay_texts
 from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
 from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, synthesize
 from inweights.synth.teacher import LocalTeacher
-from inweights.train import tokenize_example, tokenize_replay, train
+from inweights.train import tokenize_example, train
 
 log = logging.getLogger("inweights")
 
@@ -67,13 +67,14 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
 
     t = time.perf_counter()
     train_config = resolve_epochs(config.train, len(examples))
-    replay = replay_texts(base, train_config.replay_sequences if train_config.replay_fraction > 0 else 0,
-                          workspace.cache_dir("replay"), seed=train_config.seed)
+    replay_cache = workspace.cache_dir("replay")
+    texts = replay_texts(base, train_config.replay_sequences if train_config.replay_fraction > 0 else 0,
+                         replay_cache, seed=train_config.seed)
+    replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
     timings["replay_s"] = time.perf_counter() - t
     tokenizer = base.tokenizer
     items = [tokenize_example(tokenizer, e.prompt, e.completion, train_config.max_seq_len, base.newline_id)
              for e in examples]
-    items += tokenize_replay(tokenizer, replay, train_config.max_seq_len)
 
     resolved = replace(config, train=train_config)
     run_key = _digest([resolved.to_dict(), base.fingerprint, [(e.prompt, e.completion) for e in examples]])
@@ -83,7 +84,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     t = time.perf_counter()
     try:
         result = train(model, tokenizer, items, len(examples), train_config, workspace.run_dir(memory, run_key),
-                       progress=progress)
+                       progress=progress, replay=replay)
         timings["train_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
 
@@ -98,8 +99,8 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
                 "config": resolved.to_dict(),
                 "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
                                "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
-                "synthetic": {"examples": len(examples), "replay_items": len(items) - len(examples),
-                              "completion_tokens": sum(sum(1 for x in lab if x != -100) for _, lab in items[:len(examples)]),
+                "synthetic": {"examples": len(examples), "replay_sequences": len(replay),
+                              "completion_tokens": sum(sum(1 for x in lab if x != -100) for _, lab in items),
                               "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none"},
                 "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
                             {"tokens_per_s": result.tokens / max(result.seconds, 1e-9), "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},

@@ -54,7 +54,8 @@ def tokenize_example(tokenizer, prompt: str, completion: str, max_len: int, end_
 
 
 def tokenize_replay(tokenizer, texts: Sequence[str], max_len: int) -> list[tuple[list[int], list[int]]]:
-    """General text: loss on every token after BOS, cut into windows of at most max_len tokens."""
+    """Plain text with next-token loss on every token after BOS, cut into windows of at most max_len tokens
+    (the naive fine-tune on raw documents)."""
     items = []
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     for text in texts:
@@ -100,30 +101,50 @@ def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_
     return plan
 
 
-def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor
-                    ) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions, with the LM head applied only there."""
+def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                    soft: Sequence[tuple[int, torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+    """Mean loss per scored position, with the LM head applied only at scored positions.
+
+    Rows with hard labels get next-token cross-entropy on their labelled positions. Each `soft` entry
+    (row, top-k ids, top-k log-probs) gives a row the KL divergence from a teacher distribution over its top-k
+    tokens at every position (the forgetting guard; context distillation uses the same form).
+    """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
     backbone = getattr(causal_lm, causal_lm.base_model_prefix)
     head = causal_lm.get_output_embeddings()
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+
+    def logits_at(h):
+        logits = head(h).float()
+        return torch.tanh(logits / softcap) * softcap if softcap else logits
+
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
-    logits = head(hidden[:, :-1][keep])
-    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-    if softcap:
-        logits = torch.tanh(logits / softcap) * softcap
-    return F.cross_entropy(logits.float(), targets[keep])
+    total = hidden.new_zeros((), dtype=torch.float32)
+    count = int(keep.sum())
+    if count:
+        total = total + F.cross_entropy(logits_at(hidden[:, :-1][keep]), targets[keep], reduction="sum")
+    for row, top_ids, top_logprobs in soft:
+        student = torch.log_softmax(logits_at(hidden[row, : top_ids.shape[0]]), dim=-1).gather(-1, top_ids)
+        teacher = torch.softmax(top_logprobs, dim=-1)  # renormalised over the top-k
+        total = total + (teacher * (teacher.clamp_min(1e-12).log() - student)).sum()
+        count += top_ids.shape[0]
+    return total / max(count, 1)
 
 
 def train(model, tokenizer, items: Sequence[tuple[list[int], list[int]]], n_examples: int, config,
-          run_dir: Path, progress: bool = True) -> TrainResult:
-    """Train the model's trainable parameters on `items` (examples first, then replay items).
+          run_dir: Path, progress: bool = True,
+          replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = ()) -> TrainResult:
+    """Train the model's trainable parameters on `items` (ids, labels) with hard-label loss, mixed with the
+    `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard.
 
-    Resumes from `run_dir/checkpoint` when it holds one for this same run.
+    The first `n_examples` items are the examples that set the epoch size; any further items are extra
+    hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run.
     """
+    items = list(items) + [(ids, [IGNORE] * len(ids), (top_ids, top_logprobs)) for ids, top_ids, top_logprobs in replay]
     torch.manual_seed(config.seed)
-    lengths = [len(ids) for ids, _ in items]
+    lengths = [len(item[0]) for item in items]
     plan = plan_batches(lengths, n_examples, len(items) - n_examples, config.replay_fraction, config.epochs,
                         config.batch_tokens, config.seed)
     total = min(len(plan), config.max_steps) if config.max_steps else len(plan)
@@ -142,18 +163,19 @@ def train(model, tokenizer, items: Sequence[tuple[list[int], list[int]]], n_exam
     t0 = time.perf_counter()
     for step in bar:
         batch = [items[i] for i in plan[step]]
-        width = max(len(ids) for ids, _ in batch)
-        input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch])
-        labels = torch.tensor([lab + [IGNORE] * (width - len(lab)) for _, lab in batch])
-        mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch])
-        loss = completion_loss(model, input_ids, mask, labels)
+        width = max(len(item[0]) for item in batch)
+        input_ids = torch.tensor([item[0] + [pad] * (width - len(item[0])) for item in batch])
+        labels = torch.tensor([item[1] + [IGNORE] * (width - len(item[1])) for item in batch])
+        mask = torch.tensor([[1] * len(item[0]) + [0] * (width - len(item[0])) for item in batch])
+        soft = [(row, *item[2]) for row, item in enumerate(batch) if len(item) > 2]
+        loss = completion_loss(model, input_ids, mask, labels, soft)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         optimizer.step()
         schedule.step()
         optimizer.zero_grad(set_to_none=True)
         result.tokens += int(mask.sum())
-        result.loss_tokens += int((labels[:, 1:] != IGNORE).sum())
+        result.loss_tokens += int((labels[:, 1:] != IGNORE).sum()) + sum(ids.shape[0] for _, ids, _ in soft)
         result.losses.append(round(loss.item(), 4))
         elapsed = time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
