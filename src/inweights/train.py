@@ -152,9 +152,8 @@ def train(model, tokenizer, items: Sequence[tuple[list[int], list[int]]], n_exam
     if not params:
         raise ValueError("the model has no trainable parameters; attach a memory first")
     optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total))
     checkpoint = run_dir / "checkpoint"
-    start = _load_checkpoint(checkpoint, params, optimizer, schedule, total)
+    start = _load_checkpoint(checkpoint, params, optimizer, total)
     result = TrainResult(steps=total, tokens=0, loss_tokens=0, seconds=0.0, final_loss=float("nan"),
                          resumed_from_step=start)
     model.train()
@@ -168,11 +167,12 @@ def train(model, tokenizer, items: Sequence[tuple[list[int], list[int]]], n_exam
         labels = torch.tensor([item[1] + [IGNORE] * (width - len(item[1])) for item in batch])
         mask = torch.tensor([[1] * len(item[0]) + [0] * (width - len(item[0])) for item in batch])
         soft = [(row, *item[2]) for row, item in enumerate(batch) if len(item) > 2]
+        for group in optimizer.param_groups:  # the schedule is a function of the step: nothing to restore
+            group["lr"] = config.lr * _lr_factor(step, total)
         loss = completion_loss(model, input_ids, mask, labels, soft)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
         optimizer.step()
-        schedule.step()
         optimizer.zero_grad(set_to_none=True)
         result.tokens += int(mask.sum())
         result.loss_tokens += int((labels[:, 1:] != IGNORE).sum()) + sum(ids.shape[0] for _, ids, _ in soft)
@@ -213,8 +213,8 @@ def _save_checkpoint(directory: Path, params: dict, optimizer, step: int, total:
     os.replace(tmp, directory)
 
 
-def _load_checkpoint(directory: Path, params: dict, optimizer, schedule, total: int) -> int:
-    """Restore weights, optimizer and schedule; returns the step to continue from (0 when nothing to resume)."""
+def _load_checkpoint(directory: Path, params: dict, optimizer, total: int) -> int:
+    """Restore weights and optimizer state; returns the step to continue from (0 when nothing to resume)."""
     meta = directory / "progress.json"
     if not meta.is_file():
         return 0
@@ -237,6 +237,4 @@ def _load_checkpoint(directory: Path, params: dict, optimizer, schedule, total: 
     saved = optimizer.state_dict()
     saved["state"] = state
     optimizer.load_state_dict(saved)
-    for _ in range(progress["step"]):
-        schedule.step()
     return progress["step"]
