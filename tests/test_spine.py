@@ -180,3 +180,38 @@ def test_load_memory_base_answers_match_the_plain_base(docs, workspace, tiny_mod
         assert loaded.base_answers(questions) == plain
     finally:
         loaded.close()
+
+
+def test_context_distillation_targets_align_with_the_completion(tiny_model_dir, base, tmp_path):
+    """The teacher's top-k at each completion position equals a direct forward of chunk + example."""
+    from inweights.objectives import distill_rows
+    from inweights.synth import Example
+
+    chunk_text = "The Oslo office opened in March 2019."
+    examples = [Example("Question: When did the Oslo office open?\nAnswer:", " March 2019", "cloze", "c" * 64,
+                        "d.md", "d" * 64, "none"),
+                Example("", "The Oslo office opened in March 2019.", "cloze", "c" * 64, "d.md", "d" * 64, "none")]
+    rows = distill_rows(base, examples, {"c" * 64: chunk_text}, 64, base.newline_id, tmp_path, top_k=5,
+                        progress=False)
+    tok = base.tokenizer
+    for example, (ids, labels, (start, top_ids, top_logprobs)) in zip(examples, rows):
+        assert all(x == -100 for x in labels)
+        full = tok(chunk_text + "\n\n")["input_ids"] + ids[1:]
+        with torch.no_grad():
+            logprobs = torch.log_softmax(base.model(torch.tensor([full])).logits[0].float(), -1)
+        offset = len(full) - len(ids)  # where the student's position 0 sits in the teacher's sequence
+        expected = logprobs[offset + start : offset + start + top_ids.shape[0]].topk(5, -1)
+        assert start + top_ids.shape[0] == len(ids) - 1  # scores up to the last token
+        assert torch.equal(expected.indices, top_ids)
+        assert torch.allclose(expected.values, top_logprobs, atol=1e-4)
+    # cached: a second call reads the file
+    again = distill_rows(base, examples, {"c" * 64: chunk_text}, 64, base.newline_id, tmp_path, top_k=5,
+                         progress=False)
+    assert all(torch.equal(a[2][1], b[2][1]) for a, b in zip(rows, again))
+
+
+def test_learn_with_the_distillation_objective(docs, workspace, tiny_model_dir, base):
+    config = small_config(tiny_model_dir, objective="distill")
+    version = learn([docs], "acme", config, base=base, progress=False)
+    assert version.manifest["config"]["train"]["objective"] == "distill"
+    assert version.manifest["training"]["loss_tokens"] > 0

@@ -30,7 +30,8 @@ from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
 from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, synthesize
 from inweights.synth.teacher import LocalTeacher
-from inweights.train import tokenize_example, train
+from inweights.objectives import distill_rows, sft_rows
+from inweights.train import train
 
 log = logging.getLogger("inweights")
 
@@ -72,9 +73,14 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
                          replay_cache, seed=train_config.seed)
     replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
     timings["replay_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     tokenizer = base.tokenizer
-    items = [tokenize_example(tokenizer, e.prompt, e.completion, train_config.max_seq_len, base.newline_id)
-             for e in examples]
+    if train_config.objective == "distill":
+        items = distill_rows(base, examples, {c.sha256: c.text for c in chunks}, train_config.max_seq_len,
+                             base.newline_id, workspace.cache_dir("distill"), progress=progress)
+    else:
+        items = sft_rows(tokenizer, examples, train_config.max_seq_len, base.newline_id)
+    timings["targets_s"] = time.perf_counter() - t
 
     resolved = replace(config, train=train_config)
     run_key = _digest([resolved.to_dict(), base.fingerprint, [(e.prompt, e.completion) for e in examples]])
@@ -100,7 +106,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
                 "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
                                "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
                 "synthetic": {"examples": len(examples), "replay_sequences": len(replay),
-                              "completion_tokens": sum(sum(1 for x in lab if x != -100) for _, lab in items),
+                              "tokens": sum(len(row[0]) for row in items),
                               "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none"},
                 "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
                             {"tokens_per_s": result.tokens / max(result.seconds, 1e-9), "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},

@@ -56,6 +56,9 @@ class TrainConfig:
 
     method: str = "lora"
     """Parameterization of the memory (see `inweights.methods.METHODS`)."""
+    objective: str = "sft"
+    """sft: next-token loss on the completions. distill: context distillation, the student matches the base
+    model that has the source chunk in its context (KL over its top-32 next tokens, computed once, cached)."""
     rank: int = 16
     """LoRA rank."""
     alpha: float = 32.0
@@ -89,6 +92,8 @@ class TrainConfig:
         self.target_modules = tuple(self.target_modules)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
+        if self.objective not in ("sft", "distill"):
+            raise ValueError(f"unknown objective {self.objective!r}; choose sft or distill")
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ValueError("replay_fraction must be in [0, 1)")
         if self.rank < 1 or self.lr <= 0 or self.batch_tokens < self.max_seq_len:

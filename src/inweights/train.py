@@ -102,7 +102,7 @@ def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_
 
 
 def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                    soft: Sequence[tuple[int, torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+                    soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
     """Mean loss per scored position, with the LM head applied only at scored positions.
 
     Rows with hard labels get next-token cross-entropy on their labelled positions. Each `soft` entry
@@ -125,24 +125,27 @@ def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     count = int(keep.sum())
     if count:
         total = total + F.cross_entropy(logits_at(hidden[:, :-1][keep]), targets[keep], reduction="sum")
-    for row, top_ids, top_logprobs in soft:
-        student = torch.log_softmax(logits_at(hidden[row, : top_ids.shape[0]]), dim=-1).gather(-1, top_ids)
+    for row, start, top_ids, top_logprobs in soft:
+        positions = hidden[row, start : start + top_ids.shape[0]]
+        student = torch.log_softmax(logits_at(positions), dim=-1).gather(-1, top_ids)
         teacher = torch.softmax(top_logprobs, dim=-1)  # renormalised over the top-k
         total = total + (teacher * (teacher.clamp_min(1e-12).log() - student)).sum()
         count += top_ids.shape[0]
     return total / max(count, 1)
 
 
-def train(model, tokenizer, items: Sequence[tuple[list[int], list[int]]], n_examples: int, config,
+def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
           run_dir: Path, progress: bool = True,
           replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = ()) -> TrainResult:
-    """Train the model's trainable parameters on `items` (ids, labels) with hard-label loss, mixed with the
+    """Train the model's trainable parameters on `items`, rows of (ids, labels) with hard-label loss or
+    (ids, labels, (start, top-k ids, top-k log-probs)) with soft targets (see objectives.py), mixed with the
     `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard.
 
     The first `n_examples` items are the examples that set the epoch size; any further items are extra
     hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run.
     """
-    items = list(items) + [(ids, [IGNORE] * len(ids), (top_ids, top_logprobs)) for ids, top_ids, top_logprobs in replay]
+    items = list(items) + [(ids, [IGNORE] * len(ids), (0, top_ids, top_logprobs))
+                           for ids, top_ids, top_logprobs in replay]
     torch.manual_seed(config.seed)
     lengths = [len(item[0]) for item in items]
     plan = plan_batches(lengths, n_examples, len(items) - n_examples, config.replay_fraction, config.epochs,
@@ -175,7 +178,7 @@ def train(model, tokenizer, items: Sequence[tuple[list[int], list[int]]], n_exam
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         result.tokens += int(mask.sum())
-        result.loss_tokens += int((labels[:, 1:] != IGNORE).sum()) + sum(ids.shape[0] for _, ids, _ in soft)
+        result.loss_tokens += int((labels[:, 1:] != IGNORE).sum()) + sum(ids.shape[0] for _, _, ids, _ in soft)
         result.losses.append(round(loss.item(), 4))
         elapsed = time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
