@@ -23,7 +23,7 @@ def gemma():
 
 def test_embedded_model_loads_from_cache_and_answers_closed_book(gemma):
     assert gemma.fingerprint.startswith("sha256:")
-    assert gemma.stop_token_ids == [1, 106, 107]
+    assert gemma.stop_token_ids == [1, 106, 107, 108]  # EOS, end of turn, newline, blank line
     loaded = load_memory(None, base=gemma)
     assert loaded.answer(["What is the capital of France?"])[0].startswith("Paris")
 

@@ -44,14 +44,17 @@ class Base:
     @property
     def newline_id(self) -> int | None:
         """The single token for a newline, if the vocabulary has one: answers end with it."""
-        encoded = self.tokenizer.encode("\n", add_special_tokens=False)
+        return self._single_token("\n")
+
+    def _single_token(self, text: str) -> int | None:
+        encoded = self.tokenizer.encode(text, add_special_tokens=False)
         return encoded[0] if len(encoded) == 1 else None
 
     @property
     def stop_token_ids(self) -> list[int]:
-        """Tokens that end a short answer: EOS, end-of-turn and newline where the vocabulary has them."""
+        """Tokens that end a short answer: EOS, end-of-turn, newline and blank line where the vocabulary has them."""
         tok = self.tokenizer
-        ids = {tok.eos_token_id, self.newline_id}
+        ids = {tok.eos_token_id, self.newline_id, self._single_token("\n\n")}
         end_of_turn = tok.convert_tokens_to_ids("<end_of_turn>")
         if end_of_turn is not None and end_of_turn != tok.unk_token_id:
             ids.add(end_of_turn)

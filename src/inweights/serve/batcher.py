@@ -44,8 +44,8 @@ class QueueFull(Exception):
 @dataclass(eq=False)
 class Request:
     """One generation. `on_event(kind, data)` is called from the worker thread and must not block:
-    ("text", new_text), then ("done", {"finish_reason", "prompt_tokens", "completion_tokens"}) or
-    ("error", (http_status, message))."""
+    ("text", new_text) any number of times, then exactly one of ("done", {"finish_reason", "prompt_tokens",
+    "completion_tokens"}) (finish_reason "stop", "length" or "cancelled") or ("error", (http_status, message))."""
 
     prompt_ids: list[int]
     max_tokens: int
@@ -61,7 +61,7 @@ class Request:
     text: str = ""  # text sent so far
     finish_reason: str | None = None
     cancelled: bool = False
-    slot: int = -1
+    slot: int = -1  # set once admitted
     position: int = 0
     generator: torch.Generator | None = None
 
@@ -110,6 +110,8 @@ class Batcher:
         return len(batch.rows) if batch else 0
 
     def start(self) -> "Batcher":
+        if self._thread is not None:
+            return self
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="inweights-batcher", daemon=True)
         self._thread.start()
@@ -149,22 +151,28 @@ class Batcher:
         self._batch = None
 
     def _admit(self) -> list[Request]:
-        """Waiting requests that fit in the batch and whose memory has (or can get) a slot, in arrival order."""
+        """Waiting requests that fit in the batch and whose memory has (or can get) a slot, in arrival order.
+
+        When a memory finds every slot busy, later memory requests wait behind it (base-model ones still go):
+        otherwise a steady stream for the loaded memories could keep their slots busy forever."""
         room = self.max_batch - self.running
         with self._wake:
             candidates = list(self._waiting)
             self._waiting.clear()
         admitted, blocked = [], []
+        slots_busy = False
         for request in candidates:
             if request.cancelled:
+                self._finish(request, "cancelled")
                 continue
-            if len(admitted) >= room:
+            if len(admitted) >= room or (slots_busy and request.version):
                 blocked.append(request)
                 continue
             try:
                 request.slot = self.adapters.acquire(request.version) if request.version else self.adapters.zero_slot
             except CacheFull:
-                blocked.append(request)  # every slot is busy; it gets one when a running request finishes
+                blocked.append(request)  # it gets a slot when the running requests of some memory finish
+                slots_busy = True
                 continue
             except InweightsError as exc:
                 self._fail(request, 400, str(exc))
@@ -267,18 +275,19 @@ class Batcher:
             request.text = text
 
     def _finish(self, request: Request, reason: str) -> None:
+        self._release(request)
         request.finish_reason = reason
-        if request.version:
-            self.adapters.release(request.version.ref)
-        if reason != "cancelled":
-            request.on_event("done", {"finish_reason": reason, "prompt_tokens": len(request.prompt_ids),
-                                      "completion_tokens": len(request.tokens)})
+        request.on_event("done", {"finish_reason": reason, "prompt_tokens": len(request.prompt_ids),
+                                  "completion_tokens": len(request.tokens)})
 
     def _fail(self, request: Request, status: int, message: str) -> None:
-        if request.slot >= 0 and request.version and request.finish_reason is None:
-            self.adapters.release(request.version.ref)
+        self._release(request)
         request.finish_reason = "error"
         request.on_event("error", (status, message))
+
+    def _release(self, request: Request) -> None:
+        if request.version and request.slot >= 0 and request.finish_reason is None:
+            self.adapters.release(request.version.ref)
 
 
 def _held_back(text: str, stops: tuple[str, ...]) -> int:

@@ -32,7 +32,7 @@ class ServeConfig:
     max_tokens: int = 512
     """Largest `max_tokens` a request may ask for."""
     default_max_tokens: int = 64
-    """`max_tokens` of a request that does not set it."""
+    """`max_tokens` of a request that does not set it (capped at `max_tokens`)."""
     max_body_kb: int = 256
     """Largest request body in KiB."""
     max_concurrent_per_key: int = 8
@@ -46,8 +46,6 @@ class ServeConfig:
                 raise ValueError(f"{name} must be at least 1 (got {getattr(self, name)})")
         if self.max_memory_mb <= 0:
             raise ValueError("max_memory_mb must be positive")
-        if self.default_max_tokens > self.max_tokens:
-            raise ValueError(f"default_max_tokens ({self.default_max_tokens}) exceeds max_tokens ({self.max_tokens})")
 
     @property
     def max_memory_bytes(self) -> int:
