@@ -73,7 +73,7 @@ def make_memories(base, count: int, rank: int) -> list:
 
 def decode_throughput(base, versions, batch: int, tokens: int, repeats: int) -> dict:
     from inweights.serve.adapters import AdapterCache
-    from inweights.serve.batcher import Batcher, Request
+    from inweights.serve.batcher import Batcher, Generation
 
     adapters = AdapterCache(base.model, base.fingerprint, max_memories=len(versions), max_bytes=1 << 40)
     batcher = Batcher(base.model, base.tokenizer, adapters, max_batch=batch, max_queue=batch).start()
@@ -85,7 +85,7 @@ def decode_throughput(base, versions, batch: int, tokens: int, repeats: int) -> 
         done = threading.Semaphore(0)
         start = time.perf_counter()
         for version in rows:  # no stop tokens: every row decodes exactly n tokens
-            batcher.submit(Request(prompt_ids, n, version, lambda k, d: k != "text" and done.release()))
+            batcher.submit(Generation(prompt_ids, n, version, lambda k, d: k != "text" and done.release()))
         for _ in rows:
             done.acquire()
         return time.perf_counter() - start

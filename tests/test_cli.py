@@ -10,7 +10,8 @@ from inweights import SynthConfig, TrainConfig
 from inweights.cli import build_parser, main
 
 
-@pytest.mark.parametrize("argv", [[], ["learn"], ["ask"], ["eval"], ["demo"], ["memories"], ["history"]])
+@pytest.mark.parametrize("argv", [[], ["learn"], ["ask"], ["eval"], ["demo"], ["memories"], ["history"],
+                                  ["serve"], ["keys"], ["export"]])
 def test_help_describes_every_option(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv + ["--help"])

@@ -25,7 +25,7 @@ from inweights.models import load_base
 from inweights.serve import ServeConfig, add_key, export_memory, list_keys, revoke_key
 from inweights.serve.adapters import AdapterCache, CacheFull
 from inweights.serve.app import Server, create_app, render_chat
-from inweights.serve.batcher import Batcher, QueueFull, Request
+from inweights.serve.batcher import Batcher, Generation, QueueFull
 from inweights.serve.export import vllm_max_lora_rank
 from inweights.synth import QA_TEMPLATE
 
@@ -108,16 +108,16 @@ def client(url: str, key: str = "none") -> openai.OpenAI:
     return openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=30)
 
 
-def collect(requests: list[Request], timeout: float = 30) -> None:
+def collect(requests: list[Generation], timeout: float = 30) -> None:
     deadline = time.time() + timeout
     while any(r.finish_reason is None for r in requests):
         assert time.time() < deadline, "requests did not finish"
         time.sleep(0.01)
 
 
-def make_request(base, prompt: str, version, max_tokens: int = 12, **kwargs) -> Request:
+def make_request(base, prompt: str, version, max_tokens: int = 12, **kwargs) -> Generation:
     events = []
-    request = Request(base.tokenizer(prompt)["input_ids"], max_tokens, version, lambda k, d: events.append((k, d)),
+    request = Generation(base.tokenizer(prompt)["input_ids"], max_tokens, version, lambda k, d: events.append((k, d)),
                       stop_ids=frozenset([base.tokenizer.eos_token_id]), **kwargs)
     request.events = events
     return request
@@ -254,7 +254,8 @@ def test_lru_evicts_least_recently_used_and_keeps_pinned(workspace, base):
     cache = AdapterCache(base.model, base.fingerprint, max_memories=2, max_bytes=1 << 30, pinned=("a",))
     try:
         for name in ("a", "b", "c"):
-            cache.release(versions[name].ref) if cache.acquire(versions[name]) is not None else None
+            cache.acquire(versions[name])
+            cache.release(versions[name].ref)
         assert list(cache.loaded) == ["a@1", "c@1"]  # b went: a is pinned
         cache.acquire(versions["c"])  # c is in use now
         with pytest.raises(CacheFull):  # a pinned, c busy: d must wait for a slot

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from inweights.config import LearnConfig, SynthConfig, TrainConfig
 from inweights.errors import InweightsError
+from inweights.serve.config import ServeConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +107,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_options(p, SynthConfig, "synth")
     _add_dataclass_options(p, TrainConfig, "train")
     p.set_defaults(run=_demo)
+
+    p = sub.add_parser("serve", help="serve the base model and its memories over the OpenAI API",
+                       description="An OpenAI-compatible server (/v1/models, /v1/completions, /v1/chat/completions) "
+                                   "that batches requests for many memories on one base model. Without a keys file "
+                                   "it runs open, on loopback only. See docs/serve.md.")
+    p.add_argument("--base", default=LearnConfig.base, help="base model the memories were learned on (default: the "
+                   "embedded gemma-3-270m); memories of another base are not served")
+    _add_dataclass_options(p, ServeConfig, "serve")
+    p.set_defaults(run=_serve)
+
+    p = sub.add_parser("keys", help="manage the API keys of `inweights serve`",
+                       description="Keys live in $INWEIGHTS_HOME/keys.json as sha256 hashes; each maps a tenant to "
+                                   "the memories it may use. A running server picks up changes without a restart.")
+    keys = p.add_subparsers(dest="keys_command", required=True, metavar="ACTION", help="add, list or revoke")
+    k = keys.add_parser("add", help="create a key for a tenant; the key is printed once")
+    k.add_argument("tenant", help="who the key is for (letters, digits, '-', '_', '.', '@')")
+    k.add_argument("--memories", required=True, help="comma-separated memory names the key may use, or '*' for all")
+    k.add_argument("--keys-file", default=None, help="keys file (default $INWEIGHTS_HOME/keys.json)")
+    k.set_defaults(run=_keys_add)
+    k = keys.add_parser("list", help="list key ids, tenants and memories (never the keys)")
+    k.add_argument("--keys-file", default=None, help="keys file (default $INWEIGHTS_HOME/keys.json)")
+    k.set_defaults(run=_keys_list)
+    k = keys.add_parser("revoke", help="remove a key, by its id from `keys list` or the key itself")
+    k.add_argument("key", help="key id (12 hex characters) or the plaintext key")
+    k.add_argument("--keys-file", default=None, help="keys file (default $INWEIGHTS_HOME/keys.json)")
+    k.set_defaults(run=_keys_revoke)
+
+    p = sub.add_parser("export", help="write a memory as a vLLM-ready PEFT adapter or as a merged model",
+                       description="peft: adapter_config.json + adapter_model.safetensors, checked against what "
+                                   "vLLM's --enable-lora accepts. merged: a Hugging Face model folder with the memory "
+                                   "added to the base weights. See docs/serve.md.")
+    p.add_argument("memory", help="memory name, or NAME@VERSION")
+    p.add_argument("out", type=Path, help="folder to create (must not exist, or be empty)")
+    p.add_argument("--format", choices=["peft", "merged"], default="peft", help="peft (default) or merged")
+    p.add_argument("--base", default=None, help="merged only: the base model, if it moved since the memory was "
+                   "learned (default: the base recorded in the memory)")
+    p.set_defaults(run=_export)
     return parser
 
 
@@ -185,6 +223,57 @@ def _demo(args) -> int:
     return 0
 
 
+def _serve(args) -> int:
+    from inweights.serve import serve
+
+    serve(args.base, _collect(args, ServeConfig, "serve"))
+    return 0
+
+
+def _keys_add(args) -> int:
+    from inweights.serve import add_key
+
+    memories = "*" if args.memories.strip() == "*" else [m.strip() for m in args.memories.split(",") if m.strip()]
+    print(add_key(args.tenant, memories, args.keys_file))
+    print("store this key now: it is not shown again (`inweights keys list` shows its id)", file=sys.stderr)
+    return 0
+
+
+def _keys_list(args) -> int:
+    from inweights.serve import list_keys
+
+    entries = list_keys(args.keys_file)
+    if not entries:
+        print("no keys: `inweights serve` runs open, on loopback only")
+    for e in entries:
+        memories = e["memories"] if e["memories"] == "*" else ",".join(e["memories"])
+        print(f"{e['id']}  {e['tenant']}  {memories}  {e['created']}")
+    return 0
+
+
+def _keys_revoke(args) -> int:
+    from inweights.serve import revoke_key
+
+    revoke_key(args.key, args.keys_file)
+    print("revoked; a running server stops accepting it at its next request")
+    return 0
+
+
+def _export(args) -> int:
+    from inweights.serve import export_memory
+    from inweights.serve.export import base_model_path, vllm_max_lora_rank
+    from inweights.store import Workspace
+
+    out = export_memory(args.memory, args.out, args.format, base=args.base)
+    print(f"memory {args.memory} written to {out} ({args.format})")
+    if args.format == "peft":
+        name = args.memory.partition("@")[0]
+        base = args.base or base_model_path(Workspace().get(args.memory))
+        print(f"serve it with vLLM:  vllm serve {base} --enable-lora --max-lora-rank {vllm_max_lora_rank(out)} "
+              f"--lora-modules {name}={out.resolve()}")
+    return 0
+
+
 # --- options generated from the config dataclasses: one source of defaults and help texts -------------------
 
 
@@ -195,7 +284,7 @@ def _add_dataclass_options(parser, cls, group_name: str) -> None:
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         flag = "--" + f.name.replace("_", "-")
-        help_text = f"{docs.get(f.name, '')} (default: {default})".strip()
+        help_text = f"{docs.get(f.name, '')} (default: {default})".strip().replace("%", "%%")  # argparse formats help
         kind = _scalar_type(hints[f.name])
         if kind is tuple:
             group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, metavar="A,B",

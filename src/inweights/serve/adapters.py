@@ -51,12 +51,10 @@ class MultiLoRALinear(nn.Module):
         self.zero_slot = slots  # index of the all-zero slot used by base-model rows
         self.rank = 0
         self.filled: set[int] = set()  # slots that hold a nonzero update for this layer
-        weight = base.weight
-        self.register_buffer("A", torch.zeros(slots + 1, 0, base.in_features, dtype=weight.dtype, device=weight.device),
-                             persistent=False)
-        self.register_buffer("B", torch.zeros(slots + 1, base.out_features, 0, dtype=weight.dtype, device=weight.device),
-                             persistent=False)
-        self.register_buffer("scale", torch.zeros(slots + 1, dtype=weight.dtype, device=weight.device), persistent=False)
+        like = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.register_buffer("A", torch.zeros(slots + 1, 0, base.in_features, **like), persistent=False)
+        self.register_buffer("B", torch.zeros(slots + 1, base.out_features, 0, **like), persistent=False)
+        self.register_buffer("scale", torch.zeros(slots + 1, **like), persistent=False)
 
     def write(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         r = a.shape[0]

@@ -32,11 +32,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from inweights.errors import InweightsError
 from inweights.models import Base, load_base
 from inweights.serve.adapters import AdapterCache
-from inweights.serve.batcher import Batcher, QueueFull
-from inweights.serve.batcher import Request as Generation
+from inweights.serve.batcher import Batcher, Generation, QueueFull
 from inweights.serve.config import ServeConfig, is_loopback
 from inweights.serve.tenants import OPEN, KeyStore, Tenant, default_keys_file
-from inweights.store import MemoryVersion, Workspace, parse_ref
+from inweights.store import MemoryVersion, Workspace
 from inweights.synth import QA_TEMPLATE
 
 log = logging.getLogger(__name__)
@@ -117,12 +116,11 @@ class Server:
         not_found = ApiError(404, f"The model '{model}' does not exist or you do not have access to it.", "model",
                              "model_not_found")
         try:
-            name, _ = parse_ref(model)
-            if not tenant.may_use(name):
-                raise not_found
-            version = self.workspace.get(model)
+            version = self.workspace.get(model)  # looked up even when forbidden: the same work, the same time
         except InweightsError:
-            raise not_found from None  # invalid, missing, or another tenant's: all look the same
+            raise not_found from None  # invalid or missing
+        if not tenant.may_use(version.name):
+            raise not_found  # another tenant's: answered exactly like a missing one
         if version.manifest["base"]["fingerprint"] != self.base.fingerprint:
             raise ApiError(400, f"memory {version.ref} was trained on base {version.manifest['base']['name']!r}, not "
                                 "on the base model this server runs; serve it from a server started with that base",

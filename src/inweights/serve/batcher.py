@@ -42,7 +42,7 @@ class QueueFull(Exception):
 
 
 @dataclass(eq=False)
-class Request:
+class Generation:
     """One generation. `on_event(kind, data)` is called from the worker thread and must not block:
     ("text", new_text) any number of times, then exactly one of ("done", {"finish_reason", "prompt_tokens",
     "completion_tokens"}) (finish_reason "stop", "length" or "cancelled") or ("error", (http_status, message))."""
@@ -78,7 +78,7 @@ class Batcher:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.device = next(model.parameters()).device
-        self._waiting: deque[Request] = deque()
+        self._waiting: deque[Generation] = deque()
         self._wake = threading.Condition()
         self._batch: _Batch | None = None
         self._thread: threading.Thread | None = None
@@ -87,14 +87,14 @@ class Batcher:
 
     # --- the public side: any thread ------------------------------------------------------------------------
 
-    def submit(self, request: Request) -> None:
+    def submit(self, request: Generation) -> None:
         with self._wake:
             if len(self._waiting) >= self.max_queue:
                 raise QueueFull(f"the server is at capacity ({self.max_queue} requests waiting); retry shortly")
             self._waiting.append(request)
             self._wake.notify()
 
-    def cancel(self, request: Request) -> None:
+    def cancel(self, request: Generation) -> None:
         """Stop a request (its client went away); it leaves the batch at the next step."""
         request.cancelled = True
         with self._wake:
@@ -150,7 +150,7 @@ class Batcher:
                 self._fail(request, 503, "the server is shutting down")
         self._batch = None
 
-    def _admit(self) -> list[Request]:
+    def _admit(self) -> list[Generation]:
         """Waiting requests that fit in the batch and whose memory has (or can get) a slot, in arrival order.
 
         When a memory finds every slot busy, later memory requests wait behind it (base-model ones still go):
@@ -174,15 +174,19 @@ class Batcher:
                 blocked.append(request)  # it gets a slot when the running requests of some memory finish
                 slots_busy = True
                 continue
-            except InweightsError as exc:
+            except InweightsError as exc:  # the memory cannot be served (its config, its size, its base)
                 self._fail(request, 400, str(exc))
+                continue
+            except Exception as exc:  # e.g. its files vanished since the request resolved it
+                log.exception("loading %s failed", request.ref)
+                self._fail(request, 500, f"loading memory {request.ref} failed: {type(exc).__name__}: {exc}")
                 continue
             admitted.append(request)
         with self._wake:
             self._waiting.extendleft(reversed(blocked))
         return admitted
 
-    def _step(self, newcomers: list[Request]) -> None:
+    def _step(self, newcomers: list[Generation]) -> None:
         if newcomers:
             fresh = self._prefill(newcomers)
             fresh.keep([i for i, r in enumerate(newcomers) if r.finish_reason is None])
@@ -200,7 +204,7 @@ class Batcher:
         if not batch.rows:
             self._batch = None
 
-    def _prefill(self, requests: list[Request]) -> "_Batch":
+    def _prefill(self, requests: list[Generation]) -> "_Batch":
         width = max(len(r.prompt_ids) for r in requests)
         pad = self.tokenizer.pad_token_id
         ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests], device=self.device)
@@ -234,7 +238,7 @@ class Batcher:
         self.steps += 1
         self._advance(rows, out.logits[:, -1, :])
 
-    def _advance(self, requests: list[Request], logits: torch.Tensor) -> None:
+    def _advance(self, requests: list[Generation], logits: torch.Tensor) -> None:
         """Pick each row's next token, stream the new text, and finish rows that stop."""
         logits = logits.float().cpu()
         greedy = logits.argmax(-1).tolist()
@@ -254,7 +258,7 @@ class Batcher:
                 self._flush(request, final=True)
                 self._finish(request, "length")
 
-    def _flush(self, request: Request, final: bool) -> bool:
+    def _flush(self, request: Generation, final: bool) -> bool:
         """Send the text that is now certain; True when a stop string ended the request."""
         text = self.tokenizer.decode(request.tokens, skip_special_tokens=True)
         hit = min((i for i in (text.find(s) for s in request.stop_strings) if i >= 0), default=-1)
@@ -269,23 +273,23 @@ class Batcher:
         self._send(request, text[:end])
         return False
 
-    def _send(self, request: Request, text: str) -> None:
+    def _send(self, request: Generation, text: str) -> None:
         if len(text) > len(request.text) and text.startswith(request.text):
             request.on_event("text", text[len(request.text):])
             request.text = text
 
-    def _finish(self, request: Request, reason: str) -> None:
+    def _finish(self, request: Generation, reason: str) -> None:
         self._release(request)
         request.finish_reason = reason
         request.on_event("done", {"finish_reason": reason, "prompt_tokens": len(request.prompt_ids),
                                   "completion_tokens": len(request.tokens)})
 
-    def _fail(self, request: Request, status: int, message: str) -> None:
+    def _fail(self, request: Generation, status: int, message: str) -> None:
         self._release(request)
         request.finish_reason = "error"
         request.on_event("error", (status, message))
 
-    def _release(self, request: Request) -> None:
+    def _release(self, request: Generation) -> None:
         if request.version and request.slot >= 0 and request.finish_reason is None:
             self.adapters.release(request.version.ref)
 
@@ -311,7 +315,7 @@ def _check_cache(cache) -> None:
 class _Batch:
     """Rows decoding together: one KV cache, rows left-padded to a common length (`mask` marks real tokens)."""
 
-    def __init__(self, rows: list[Request], cache: DynamicCache, mask: torch.Tensor):
+    def __init__(self, rows: list[Generation], cache: DynamicCache, mask: torch.Tensor):
         self.rows = rows
         self.cache = cache
         self.mask = mask

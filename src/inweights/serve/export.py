@@ -68,6 +68,16 @@ def vllm_problems(adapter_config: dict) -> list[str]:
     return problems
 
 
+def base_model_path(version: MemoryVersion) -> str:
+    """What to give vLLM as the model: the exact weights the memory was trained on. For the embedded default
+    that is the de-quantized copy in the workspace, not google/gemma-3-270m (different weights)."""
+    from inweights.models import DEFAULT_BASE
+    from inweights.paths import home
+
+    name = version.manifest["base"]["name"]
+    return str(home() / "models" / DEFAULT_BASE) if name == DEFAULT_BASE else name
+
+
 def vllm_max_lora_rank(adapter_dir: str | Path) -> int:
     """The smallest --max-lora-rank vLLM accepts that fits this adapter."""
     rank = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["r"]
@@ -80,7 +90,7 @@ def _write_peft(version: MemoryVersion, directory: Path) -> None:
     if problems:
         raise InweightsError(f"memory {version.ref} cannot be exported for vLLM: " + "; ".join(problems) +
                              ". Relearn it with a plain LoRA (the default method) or export --format merged")
-    config["base_model_name_or_path"] = version.manifest["base"]["name"]
+    config["base_model_name_or_path"] = base_model_path(version)
     (directory / "adapter_config.json").write_text(json.dumps(config, indent=2))
     shutil.copy(version.path / "adapter_model.safetensors", directory / "adapter_model.safetensors")
 
