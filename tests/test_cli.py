@@ -37,6 +37,18 @@ def test_learn_help_lists_every_config_field_with_its_help(capsys):
     assert "Peak learning rate" in out and "comma-separated" in out
 
 
+def test_boolean_options_parse_both_ways():
+    from inweights.cli import _collect
+
+    parser = build_parser()
+    on = parser.parse_args(["learn", "d", "--memory", "m", "--statements"])
+    off = parser.parse_args(["learn", "d", "--memory", "m", "--no-statements"])
+    unset = parser.parse_args(["learn", "d", "--memory", "m"])
+    assert _collect(on, SynthConfig, "synth").statements is True
+    assert _collect(off, SynthConfig, "synth").statements is False
+    assert _collect(unset, SynthConfig, "synth").statements is SynthConfig().statements
+
+
 def test_learn_with_missing_documents_exits_2_with_a_message(tmp_path, workspace, tiny_model_dir, capsys):
     code = main(["learn", str(tmp_path / "nothing-here"), "--memory", "acme", "--base", str(tiny_model_dir),
                  "--no-progress"])

@@ -286,7 +286,10 @@ def _add_dataclass_options(parser, cls, group_name: str) -> None:
         flag = "--" + f.name.replace("_", "-")
         help_text = f"{docs.get(f.name, '')} (default: {default})".strip().replace("%", "%%")  # argparse formats help
         kind = _scalar_type(hints[f.name])
-        if kind is tuple:
+        if kind is bool:
+            group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, help=help_text,
+                               action=argparse.BooleanOptionalAction)
+        elif kind is tuple:
             group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, metavar="A,B",
                                help=help_text + ", comma-separated",
                                type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()))
