@@ -167,8 +167,10 @@ def test_evaluation_questions_never_reach_training(docs, workspace, tiny_model_d
     leaked = "Fjordlight Instruments was founded by Ingrid Vassbotn in when"  # an echo question cloze makes
     config = small_config(tiny_model_dir)
     config.synth = SynthConfig(strategies=("cloze",), facts_per_sentence=1)
-    with pytest.raises(AssertionError, match="leaked"):
-        learn([docs], "acme", config, base=base, exclude_questions=[leaked], progress=False)
+    version = learn([docs], "acme", config, base=base, exclude_questions=[leaked], progress=False)
+    assert version.manifest["synthetic"]["dropped_matching_eval_questions"] == 1
+    clean = learn([docs], "acme", config, base=base, progress=False)
+    assert clean.manifest["synthetic"]["examples"] == version.manifest["synthetic"]["examples"] + 1
 
 
 def test_load_memory_base_answers_match_the_plain_base(docs, workspace, tiny_model_dir, base):

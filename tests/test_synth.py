@@ -8,7 +8,7 @@ import pytest
 
 from inweights.config import SynthConfig
 from inweights.corpus import Chunk
-from inweights.synth import ExampleCache, assert_no_leak, cloze, qa, rephrase, synthesize
+from inweights.synth import ExampleCache, assert_no_leak, cloze, drop_eval_overlap, qa, rephrase, synthesize
 from inweights.synth.text import answer_spans, fact_tokens, question_word, sentences
 
 TEXT = ("The Bergen office opened in April 2016. It was founded by Ingrid Vassbotn.\n\n"
@@ -137,3 +137,6 @@ def test_leak_check_finds_question_text_in_training_data():
     assert_no_leak(examples, ["Who is the CEO of Fjordlight?"])
     with pytest.raises(AssertionError, match="leaked"):
         assert_no_leak(examples, ["the Bergen office opened in when"])
+    kept, dropped = drop_eval_overlap(examples, ["The Bergen office opened in when?"])
+    assert dropped == 1 and len(kept) == len(examples) - 1
+    assert_no_leak(kept, ["The Bergen office opened in when?"])

@@ -28,7 +28,7 @@ from inweights.guard import replay_targets, replay_texts
 from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
-from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, synthesize
+from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, drop_eval_overlap, synthesize
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.train import train
@@ -41,8 +41,8 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
           progress: bool = True) -> MemoryVersion:
     """Learn documents into a new version of the named memory and return it.
 
-    `exclude_questions`: evaluation questions that must not appear in the training data (checked, not filtered:
-    a leak raises). `base`: an already loaded base model to reuse (it must match `config.base`).
+    `exclude_questions`: evaluation questions that must not appear in the training data: examples that contain
+    one are dropped (and counted in the manifest), then the training set is checked again. `base`: an already loaded base model to reuse (it must match `config.base`).
     """
     validate_name(memory)
     config = config or LearnConfig()
@@ -61,6 +61,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     teacher = LocalTeacher(base, batch_size=config.synth.teacher_batch_size) if needs_teacher else None
     examples, synth_stats = synthesize(chunks, teacher, config.synth, ExampleCache(workspace.cache_dir("synth")),
                                        progress=progress)
+    examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
     if not examples:
         raise InweightsError("no training examples could be made from these documents")
     assert_no_leak(examples, exclude_questions)
@@ -107,7 +108,8 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
                                "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
                 "synthetic": {"examples": len(examples), "replay_sequences": len(replay),
                               "tokens": sum(len(row[0]) for row in items),
-                              "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none"},
+                              "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                              "dropped_matching_eval_questions": decontaminated},
                 "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
                             {"tokens_per_s": result.tokens / max(result.seconds, 1e-9), "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},
                 "timings": {k: round(v, 2) for k, v in timings.items()},

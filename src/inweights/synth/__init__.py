@@ -146,13 +146,34 @@ def synthesize(chunks: Sequence, teacher, config, cache: ExampleCache, progress:
     return unique, {name: dict(c) for name, c in stats.items()}
 
 
-def assert_no_leak(examples: Sequence[Example], questions: Sequence[str]) -> None:
-    """Fail loudly if any evaluation question text appears in the training data (prompt or completion)."""
+def _leaks(example: Example, needles: dict[str, str]) -> str | None:
     from inweights.synth.text import normalize
 
-    needles = {normalize(q): q for q in questions if len(normalize(q).split()) >= 3}
+    haystack = normalize(example.prompt + " " + example.completion)
+    return next((question for needle, question in needles.items() if needle in haystack), None)
+
+
+def _needles(questions: Sequence[str]) -> dict[str, str]:
+    from inweights.synth.text import normalize
+
+    return {normalize(q): q for q in questions if len(normalize(q).split()) >= 3}
+
+
+def drop_eval_overlap(examples: Sequence[Example], questions: Sequence[str]) -> tuple[list[Example], int]:
+    """Decontamination: remove examples whose text contains an evaluation question.
+
+    An LLM-free echo question made from a sentence can coincide with a benchmark question that was written
+    from the same sentence (SQuAD's often are); training on it would score a question seen in training.
+    """
+    needles = _needles(questions)
+    kept = [e for e in examples if _leaks(e, needles) is None]
+    return kept, len(examples) - len(kept)
+
+
+def assert_no_leak(examples: Sequence[Example], questions: Sequence[str]) -> None:
+    """Fail loudly if any evaluation question text appears in the training data (prompt or completion)."""
+    needles = _needles(questions)
     for example in examples:
-        haystack = normalize(example.prompt + " " + example.completion)
-        for needle, question in needles.items():
-            if needle in haystack:
-                raise AssertionError(f"evaluation question leaked into training data: {question!r}")
+        question = _leaks(example, needles)
+        if question is not None:
+            raise AssertionError(f"evaluation question leaked into training data: {question!r}")
