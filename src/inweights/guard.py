@@ -18,9 +18,9 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from inweights.generate import generate
+from inweights.objectives import cached_targets
 
 _SEEDS = [
     "The history of", "In mathematics,", "Scientists have found that", "The recipe calls for", "In 1850,",
@@ -69,29 +69,19 @@ def replay_targets(base, texts: list[str], cache_dir: Path, max_len: int = 64, t
     rows = [([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(t, add_special_tokens=False)["input_ids"]
             for t in texts]
     rows = [r[:max_len] for r in rows if len(r) > 8]
-    if path.is_file():
-        try:
-            saved = load_file(path)
-            return [(r, saved[f"ids{i}"], saved[f"logprobs{i}"]) for i, r in enumerate(rows)]
-        except (OSError, KeyError, ValueError):
-            pass
     device = next(base.model.parameters()).device
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        width = max(len(r) for r in batch)
-        ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in batch], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
-        logits = base.model(input_ids=ids, attention_mask=mask).logits.float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        values, indices = logprobs.topk(top_k, dim=-1)
-        for b, r in enumerate(batch):
-            out.append((r, indices[b, : len(r) - 1].cpu(), values[b, : len(r) - 1].cpu()))
-    tensors = {}
-    for i, (_, ids, values) in enumerate(out):
-        tensors[f"ids{i}"], tensors[f"logprobs{i}"] = ids.contiguous(), values.contiguous()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    save_file(tensors, tmp)
-    os.replace(tmp, path)
-    return out
+
+    def compute():
+        out = []
+        for start in range(0, len(rows), batch_size):
+            batch = rows[start : start + batch_size]
+            width = max(len(r) for r in batch)
+            ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in batch], device=device)
+            mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
+            logprobs = torch.log_softmax(base.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+            values, indices = logprobs.topk(top_k, dim=-1)
+            out.extend((indices[b, : len(r) - 1].cpu(), values[b, : len(r) - 1].cpu()) for b, r in enumerate(batch))
+        return out
+
+    targets = cached_targets(path, len(rows), compute)
+    return [(r, ids, values) for r, (ids, values) in zip(rows, targets)]

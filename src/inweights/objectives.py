@@ -59,13 +59,20 @@ def distill_rows(base, examples, chunk_texts: dict[str, str], max_len: int, end_
 
 def _cached_topk(base, prefix: str, continuations: Sequence[list[int]], first: Sequence[int], top_k: int,
                  batch_size: int, path: Path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    return cached_targets(path, len(continuations), lambda: teacher_topk(
+        base.model, base.tokenizer, prefix, continuations, first, top_k, batch_size))
+
+
+def cached_targets(path: Path, n: int, compute) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`n` (top-k ids, top-k log-probs) pairs from a safetensors file, or from `compute()` then saved atomically.
+    A damaged file is recomputed."""
     if path.is_file():
         try:
             saved = load_file(path)
-            return [(saved[f"ids{i}"], saved[f"logprobs{i}"]) for i in range(len(continuations))]
+            return [(saved[f"ids{i}"], saved[f"logprobs{i}"]) for i in range(n)]
         except (OSError, KeyError, ValueError):
             pass
-    out = teacher_topk(base.model, base.tokenizer, prefix, continuations, first, top_k, batch_size)
+    out = compute()
     tensors = {}
     for i, (ids, values) in enumerate(out):
         tensors[f"ids{i}"], tensors[f"logprobs{i}"] = ids.contiguous(), values.contiguous()
