@@ -17,6 +17,7 @@ import logging
 import sys
 import textwrap
 import typing
+import warnings
 from pathlib import Path
 
 from inweights.config import LearnConfig, SynthConfig, TrainConfig
@@ -28,6 +29,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:  # library deprecation notices and weight-loading bars are noise to a user of the CLI
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     try:
         return args.run(args) or 0
     except InweightsError as exc:
@@ -166,9 +172,10 @@ def _ask(args) -> int:
         manifest = Workspace().get(args.memory).manifest
         from inweights.models import load_base
 
-        print(ask(None, args.question, base=load_base(manifest["base"]["name"]), max_new_tokens=args.max_new_tokens))
+        answer = ask(None, args.question, base=load_base(manifest["base"]["name"]), max_new_tokens=args.max_new_tokens)
     else:
-        print(ask(args.memory, args.question, max_new_tokens=args.max_new_tokens))
+        answer = ask(args.memory, args.question, max_new_tokens=args.max_new_tokens)
+    print(answer or "(no answer: the model ended its reply at once)")
     return 0
 
 
