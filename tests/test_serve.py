@@ -323,12 +323,15 @@ def test_a_new_version_is_served_without_restart_and_running_requests_finish_on_
     other = make_memory(base, "other", seed=2)
     with running(base) as (url, server):
         decode = server.batcher._decode
-        server.batcher._decode = lambda batch: (time.sleep(0.005), decode(batch))  # keep the long one going ~1 s
+        server.batcher._decode = lambda batch: (time.sleep(0.02), decode(batch))  # keep the long one going ~4 s
         api = client(url)
         stream = api.completions.create(model="acme", prompt=PROMPTS[1], max_tokens=200, stream=True)
         first = next(iter(stream))
         republish(other, "acme")  # acme@2, published while the first request is generating
         during = api.completions.create(model="acme", prompt=PROMPTS[1], max_tokens=20)
+        deadline = time.monotonic() + 2.0  # the worker retires the finished row just after the reply goes out
+        while server.batcher.running > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert server.batcher.running == 1  # the first is still generating, on acme@1
         rest = list(stream)
         server.batcher._decode = decode

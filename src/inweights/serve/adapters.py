@@ -39,6 +39,7 @@ class RowSlots:
 
     def __init__(self):
         self.rows: torch.Tensor | None = None  # [batch] slot per row
+        self.key: tuple[int, ...] = ()  # the same, hashable: layers reuse their gathered factors while it holds
         self.uniform: int | None = None  # the one slot when all rows share it
         self.distinct: frozenset[int] = frozenset()
 
@@ -55,6 +56,10 @@ class MultiLoRALinear(nn.Module):
         self.register_buffer("A", torch.zeros(slots + 1, 0, base.in_features, **like), persistent=False)
         self.register_buffer("B", torch.zeros(slots + 1, base.out_features, 0, **like), persistent=False)
         self.register_buffer("scale", torch.zeros(slots + 1, **like), persistent=False)
+        # Per-row factors gathered for the current batch composition. Decoding runs many steps with the same
+        # rows, so the gather (a copy of every row's A and B) is done once per composition, not once per step.
+        self._gathered: tuple | None = None
+        self._generation = 0  # bumped by every write/clear, so a reloaded slot is never served stale
 
     def write(self, slot: int, a: torch.Tensor, b: torch.Tensor, scale: float) -> None:
         r = a.shape[0]
@@ -67,6 +72,7 @@ class MultiLoRALinear(nn.Module):
         self.B[slot, :, :r] = b.to(self.B)
         self.scale[slot] = scale
         self.filled.add(slot)
+        self._generation += 1
 
     def clear(self, slot: int) -> None:
         if slot in self.filled:
@@ -74,6 +80,7 @@ class MultiLoRALinear(nn.Module):
             self.B[slot].zero_()
             self.scale[slot] = 0.0
             self.filled.discard(slot)
+            self._generation += 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.base(x)
@@ -83,10 +90,14 @@ class MultiLoRALinear(nn.Module):
         if slots.uniform is not None:
             s = slots.uniform
             return out + self.scale[s] * ((x @ self.A[s].T) @ self.B[s].T)
-        rows = slots.rows
-        a, b = self.A[rows], self.B[rows]  # [batch, r, in], [batch, out, r]
-        delta = torch.bmm(torch.bmm(x, a.transpose(1, 2)), b.transpose(1, 2))
-        return out + delta * self.scale[rows].view(-1, 1, 1)
+        key = (slots.key, self._generation)
+        if self._gathered is None or self._gathered[0] != key:
+            rows = slots.rows
+            a = self.A[rows].transpose(1, 2).contiguous()  # [batch, in, r]
+            b = (self.B[rows] * self.scale[rows].view(-1, 1, 1)).transpose(1, 2).contiguous()  # [batch, r, out]
+            self._gathered = (key, a, b)
+        _, a, b = self._gathered
+        return out + torch.bmm(torch.bmm(x, a), b)
 
 
 @dataclass
@@ -153,12 +164,13 @@ class AdapterCache:
         state = self.row_slots
         device = next(self.model.parameters()).device
         state.rows = torch.tensor(slots, dtype=torch.long, device=device)
+        state.key = tuple(slots)
         state.distinct = frozenset(slots)
         state.uniform = slots[0] if len(state.distinct) == 1 else None
         try:
             yield
         finally:
-            state.rows, state.uniform, state.distinct = None, None, frozenset()
+            state.rows, state.key, state.uniform, state.distinct = None, (), None, frozenset()
 
     def close(self) -> None:
         """Put the base model's own linear layers back."""
