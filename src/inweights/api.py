@@ -85,45 +85,59 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
 
     resolved = replace(config, train=train_config)
     run_key = _digest([resolved.to_dict(), base.fingerprint, [(e.prompt, e.completion) for e in examples]])
-    method = METHODS[train_config.method]
-    torch.manual_seed(train_config.seed)
-    model = method.attach(base.model, train_config)
     t = time.perf_counter()
-    try:
-        result = train(model, tokenizer, items, len(examples), train_config, workspace.run_dir(memory, run_key),
-                       progress=progress, replay=replay)
+
+    def describe(result) -> dict:
         timings["train_s"] = time.perf_counter() - t
         timings["total_s"] = time.perf_counter() - t_start
+        return {
+            "name": memory,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "inweights_version": __version__,
+            "base": {"name": base.name, "fingerprint": base.fingerprint},
+            "method": train_config.method,
+            "config": resolved.to_dict(),
+            "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
+                           "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
+            "synthetic": {"examples": len(examples), "replay_sequences": len(replay),
+                          "tokens": sum(len(row[0]) for row in items),
+                          "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                          "dropped_matching_eval_questions": decontaminated},
+            "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
+                        {"tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+                         "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},
+            "timings": {k: round(v, 2) for k, v in timings.items()},
+            "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                        "threads": torch.get_num_threads()},
+        }
 
-        def write(directory: Path) -> None:
-            method.save(model, directory)
-            manifest = {
-                "name": memory,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "inweights_version": __version__,
-                "base": {"name": base.name, "fingerprint": base.fingerprint},
-                "method": train_config.method,
-                "config": resolved.to_dict(),
-                "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
-                               "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
-                "synthetic": {"examples": len(examples), "replay_sequences": len(replay),
-                              "tokens": sum(len(row[0]) for row in items),
-                              "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
-                              "dropped_matching_eval_questions": decontaminated},
-                "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
-                            {"tokens_per_s": result.tokens / max(result.seconds, 1e-9), "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},
-                "timings": {k: round(v, 2) for k, v in timings.items()},
-                "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                            "threads": torch.get_num_threads()},
-            }
-            (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-
-        version = workspace.publish(memory, write)
-    finally:
-        model.unload()  # give the caller its plain base model back
+    version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
+                                        describe, replay=replay, progress=progress)
     _say(progress, f"learned {memory!r} version {version.version} in {timings['total_s']:.0f}s "
                    f"({len(examples)} examples, {result.steps} steps, final loss {result.final_loss:.3f})")
     return version
+
+
+def train_and_publish(base: Base, train_config, items, n_examples: int, workspace: Workspace, memory: str,
+                      run_key: str, describe, *, replay=(), progress: bool = True):
+    """Attach a fresh memory of `train_config.method` to the base, train it on `items` (resuming a checkpoint of
+    the same `run_key`), publish it as the next version of `memory` with the manifest `describe(result)`, and
+    give the caller its plain base model back. Returns (version, training result)."""
+    method = METHODS[train_config.method]
+    torch.manual_seed(train_config.seed)
+    model = method.attach(base.model, train_config)
+    try:
+        result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
+                       progress=progress, replay=replay)
+
+        def write(directory: Path) -> None:
+            manifest = describe(result)
+            method.save(model, directory)
+            (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+        return workspace.publish(memory, write), result
+    finally:
+        model.unload()
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Sequence
 import torch
 
 from inweights import __version__
-from inweights.api import load_memory
+from inweights.api import load_memory, train_and_publish
 from inweights.config import LearnConfig, TrainConfig, resolve_epochs
 from inweights.corpus import load_corpus
 from inweights.errors import InweightsError
@@ -36,11 +36,10 @@ from inweights.evaluate.conditions import answer_mc, answer_short, fit_context, 
 from inweights.evaluate.general import GeneralLimits, compare, general_suite
 from inweights.evaluate.questions import MultipleChoice, Question, load_questions
 from inweights.evaluate.rag import EMBEDDER, RagIndex
-from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace
 from inweights.synth import Example, assert_no_leak
-from inweights.train import tokenize_replay, train
+from inweights.train import tokenize_replay
 
 CONDITIONS = {  # name -> (which model answers, what context goes before the question)
     "closed_book": ("base", None),
@@ -125,33 +124,25 @@ def train_naive(base: Base, documents: dict[str, str], train_config: TrainConfig
     for version in reversed(workspace.versions(memory)):  # the same run already published: reuse it
         if version.manifest.get("run_key") == key:
             return version
-    method = METHODS[config.method]
-    torch.manual_seed(config.seed)
-    model = method.attach(base.model, config)
-    try:
-        result = train(model, base.tokenizer, items, len(items), config, workspace.run_dir(memory, key), progress)
 
-        def write(directory: Path) -> None:
-            method.save(model, directory)
-            manifest = {
-                "name": memory, "kind": "naive_finetune", "run_key": key,
-                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "inweights_version": __version__,
-                "base": {"name": base.name, "fingerprint": base.fingerprint},
-                "method": config.method,
-                "config": LearnConfig(base=base.name, train=config).to_dict(),
-                "documents": [{"path": name, "sha256": hashlib.sha256(t.encode()).hexdigest()}
-                              for name, t in documents.items()],
-                "synthetic": {"examples": 0, "raw_text_items": len(items),
-                              "completion_tokens": sum(len(ids) - 1 for ids, _ in items), "teacher": "none"},
-                "training": {k: v for k, v in asdict(result).items() if k != "losses"},
-                "timings": {"train_s": round(result.seconds, 2), "total_s": round(result.seconds, 2)},
-            }
-            (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+    def describe(result) -> dict:
+        return {
+            "name": memory, "kind": "naive_finetune", "run_key": key,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "inweights_version": __version__,
+            "base": {"name": base.name, "fingerprint": base.fingerprint},
+            "method": config.method,
+            "config": LearnConfig(base=base.name, train=config).to_dict(),
+            "documents": [{"path": name, "sha256": hashlib.sha256(t.encode()).hexdigest()}
+                          for name, t in documents.items()],
+            "synthetic": {"examples": 0, "raw_text_items": len(items),
+                          "completion_tokens": sum(len(ids) - 1 for ids, _ in items), "teacher": "none"},
+            "training": {k: v for k, v in asdict(result).items() if k != "losses"},
+            "timings": {"train_s": round(result.seconds, 2), "total_s": round(result.seconds, 2)},
+        }
 
-        return workspace.publish(memory, write)
-    finally:
-        model.unload()
+    return train_and_publish(base, config, items, len(items), workspace, memory, key, describe,
+                             progress=progress)[0]
 
 
 def evaluate(base: Base, questions: Sequence[Question], documents: dict[str, str] | None,
