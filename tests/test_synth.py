@@ -140,3 +140,43 @@ def test_leak_check_finds_question_text_in_training_data():
     kept, dropped = drop_eval_overlap(examples, ["The Bergen office opened in when?"])
     assert dropped == 1 and len(kept) == len(examples) - 1
     assert_no_leak(kept, ["The Bergen office opened in when?"])
+
+
+def test_selfstudy_seed_prompts_cover_every_type_and_answer_from_the_text():
+    from inweights.synth import selfstudy
+
+    stats = Counter()
+    examples = selfstudy.make(chunk(), None, SynthConfig(), stats)
+    by_prompt = {e.prompt: e.completion for e in examples}
+    assert by_prompt["Question: Quick question: the Bergen office opened in when?\nAnswer:"] == " April 2016"
+    assert by_prompt["Question: What do you know about Ingrid Vassbotn?\nAnswer:"] == \
+        " It was founded by Ingrid Vassbotn."
+    assert by_prompt['Question: What comes after this sentence: "The TideLog 300 costs 1,450 euros."\nAnswer:'] == \
+        " The Busan desk has three employees."
+    assert by_prompt["Question: List the facts about TideLog 300.\nAnswer:"] == \
+        " - The TideLog 300 costs 1,450 euros."
+    kinds = {e.strategy.split(":")[1] for e in examples}
+    assert kinds == {"question", "cloze", "entity", "structure", "use", "recall", "summary"}
+    assert {e.strategy.split(":")[0] for e in examples} == {"selfstudy"}
+    # Every completion is a span, a sentence or sentences of the chunk: nothing is invented.
+    for e in examples:
+        assert all(s in sentences(TEXT) for s in sentences(e.completion)) or e.completion.strip() in TEXT
+    assert sum(stats.values()) == len(examples)
+
+
+def test_budget_takes_evenly_across_chunks_and_kinds_and_grows_with_the_budget():
+    from inweights.synth import selfstudy, within_budget
+
+    chunks = [chunk(TEXT), chunk("The Oslo office opened in March 2019. It employs forty people in Oslo.")]
+    pool = [e for c in chunks for e in selfstudy.make(c, None, SynthConfig(), Counter())]
+    words = lambda e: len((e.prompt + e.completion).split())  # noqa: E731
+    small = within_budget(pool, 120, words, seed=0)
+    large = within_budget(pool, 600, words, seed=0)
+    assert sum(map(words, small)) >= 120 and sum(map(words, small[:-1])) < 120  # stops once the budget is spent
+    assert len(large) > len(small) and set(small) <= set(pool)
+    # Round-robin: the first picks cover both chunks and many kinds before any group repeats.
+    first = small[:8]
+    assert len({e.chunk_sha256 for e in first}) == 2 and len({e.strategy for e in first}) >= 4
+    assert within_budget(pool, 120, words, seed=0) == small  # seeded
+    assert within_budget(pool, None, words) == pool and within_budget(pool, 10**9, words) != []
+    assert len(within_budget(pool, 10**9, words)) == len(pool)

@@ -28,7 +28,7 @@ from inweights.guard import replay_targets, replay_texts
 from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
-from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, drop_eval_overlap, synthesize
+from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, drop_eval_overlap, synthesize, within_budget
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.train import train
@@ -62,6 +62,9 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     examples, synth_stats = synthesize(chunks, teacher, config.synth, ExampleCache(workspace.cache_dir("synth")),
                                        progress=progress)
     examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
+    pool = len(examples)
+    examples = within_budget(examples, config.synth.budget, _token_counter(base.tokenizer),
+                             seed=config.train.seed)
     if not examples:
         raise InweightsError("no training examples could be made from these documents")
     assert_no_leak(examples, exclude_questions)
@@ -99,7 +102,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
             "config": resolved.to_dict(),
             "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
                            "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
-            "synthetic": {"examples": len(examples), "replay_sequences": len(replay),
+            "synthetic": {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
                           "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
                           "dropped_matching_eval_questions": decontaminated},
@@ -127,6 +130,8 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
     torch.manual_seed(train_config.seed)
     model = method.attach(base.model, train_config)
     try:
+        if hasattr(method, "prepare"):
+            method.prepare(model, items, replay)
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
                        progress=progress, replay=replay)
 
@@ -137,7 +142,7 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
 
         return workspace.publish(memory, write), result
     finally:
-        model.unload()
+        method.detach(model)
 
 
 @dataclass
@@ -161,8 +166,8 @@ class LoadedMemory:
 
     def close(self) -> None:
         """Detach the memory, leaving the base model as it was loaded."""
-        if self.version is not None and hasattr(self.model, "unload"):
-            self.model.unload()
+        if self.version is not None:
+            METHODS[self.version.manifest["method"]].detach(self.model)
 
 
 def load_memory(ref: str | None, *, base: Base | None = None, workspace: Workspace | None = None) -> LoadedMemory:
@@ -189,6 +194,13 @@ def ask(ref: str | None, question: str, *, base: Base | None = None, workspace: 
         return loaded.answer([question], max_new_tokens=max_new_tokens)[0]
     finally:
         loaded.close()
+
+
+def _token_counter(tokenizer):
+    def count(example) -> int:
+        return len(tokenizer(example.prompt + example.completion, add_special_tokens=False)["input_ids"])
+
+    return count
 
 
 def _strategy(name: str):

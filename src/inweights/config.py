@@ -18,6 +18,10 @@ class SynthConfig:
     """Strategies to run, by name: cloze (LLM-free), qa and rephrase (written by the teacher, the base model).
     The teacher strategies are off by default: with the embedded 270M model as teacher they cost minutes per
     chunk and few of their outputs survive the filters (see README)."""
+    budget: int | None = None
+    """Synthetic tokens (prompt + completion) to train on, taken evenly across chunks and seed types from
+    what the strategies make; None: all of it. The selfstudy strategy makes far more than a small budget
+    needs, so with it the training set grows with the budget."""
     chunk_tokens: int = 256
     """Maximum tokens in one chunk of a document."""
     statements: bool = False
@@ -46,6 +50,8 @@ class SynthConfig:
         for name in ("chunk_tokens", "facts_per_sentence", "questions_per_fact", "teacher_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
+        if self.budget is not None and self.budget < 1:
+            raise ValueError("budget must be at least 1 token")
         if self.rephrases_per_sentence < 0:
             raise ValueError("rephrases_per_sentence must be >= 0")
 
@@ -64,9 +70,19 @@ class TrainConfig:
     alpha: float = 32.0
     """LoRA scaling numerator (the update is scaled by alpha / rank)."""
     target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    """Linear layers that get a LoRA update."""
-    lr: float = 5e-4
-    """Peak learning rate (AdamW, linear warm-up then cosine decay)."""
+    """Linear layers that get a LoRA (or TinyLoRA) update."""
+    tinylora_u: int = 64
+    """tinylora: trainable numbers per adapted layer."""
+    prefix_tokens: int = 128
+    """cartridge: number of trainable key/value positions per layer (initialised from the corpus's first tokens)."""
+    memory_slots: int = 65536
+    """memory_layer: key/value rows of the sparse memory added beside one mid-depth MLP."""
+    memory_topk: int = 32
+    """memory_layer: rows each token reads."""
+    memory_trainable_rows: int = 2048
+    """memory_layer: rows trained, those read most specifically by the new data (TF-IDF against general text)."""
+    lr: float | None = None
+    """Peak learning rate (AdamW, linear warm-up then cosine decay); None: the method's own default (LoRA 5e-4)."""
     weight_decay: float = 0.0
     """AdamW weight decay of the memory's parameters."""
     epochs: int | None = None
@@ -96,7 +112,9 @@ class TrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose sft or distill")
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ValueError("replay_fraction must be in [0, 1)")
-        if self.rank < 1 or self.lr <= 0 or self.batch_tokens < self.max_seq_len:
+        if min(self.prefix_tokens, self.memory_slots, self.memory_topk, self.memory_trainable_rows) < 1:
+            raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
+        if self.rank < 1 or (self.lr is not None and self.lr <= 0) or self.batch_tokens < self.max_seq_len:
             raise ValueError("need rank >= 1, lr > 0 and batch_tokens >= max_seq_len")
 
 
@@ -119,8 +137,13 @@ class LearnConfig:
 
 
 def resolve_epochs(train: TrainConfig, n_examples: int) -> TrainConfig:
-    """Derive the number of epochs from the data volume: small corpora need more passes to be remembered,
-    large ones fewer (and each pass is more expensive). Roughly 4 epochs at 200 examples, 2 at 2,000."""
+    """Fill in what was left to the defaults: the learning rate of the method, and the number of epochs from
+    the data volume (small corpora need more passes to be remembered, large ones fewer and each pass is more
+    expensive: roughly 4 epochs at 200 examples, 2 at 2,000)."""
+    from inweights.methods import METHODS
+
+    if train.lr is None:
+        train = replace(train, lr=METHODS[train.method].default_lr)
     if train.epochs is not None:
         return train
     epochs = int(round(min(6, max(2, 4 - 2 * math.log10(max(n_examples, 1) / 200)))))

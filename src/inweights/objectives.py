@@ -30,7 +30,10 @@ OBJECTIVES = ("sft", "distill")
 
 
 def sft_rows(tokenizer, examples, max_len: int, end_id: int | None) -> list[tuple[list[int], list[int]]]:
-    return [tokenize_example(tokenizer, e.prompt, e.completion, max_len, end_id) for e in examples]
+    """Token ids and labels per example; an example whose prompt alone fills `max_len` has nothing to learn
+    from and is left out."""
+    rows = [tokenize_example(tokenizer, e.prompt, e.completion, max_len, end_id) for e in examples]
+    return [row for row in rows if any(label != IGNORE for label in row[1][1:])]
 
 
 def distill_rows(base, examples, chunk_texts: dict[str, str], max_len: int, end_id: int | None, cache_dir: Path,

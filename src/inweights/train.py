@@ -37,6 +37,7 @@ class TrainResult:
     seconds: float
     final_loss: float
     resumed_from_step: int = 0
+    trainable_parameters: int = 0
     losses: list[float] = field(default_factory=list)
 
 
@@ -154,11 +155,14 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameters; attach a memory first")
-    optimizer = torch.optim.AdamW(params.values(), lr=config.lr, weight_decay=config.weight_decay)
+    from inweights.methods import METHODS
+
+    lr = config.lr if config.lr is not None else METHODS[config.method].default_lr
+    optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=config.weight_decay)
     checkpoint = run_dir / "checkpoint"
     start = _load_checkpoint(checkpoint, params, optimizer, total)
     result = TrainResult(steps=total, tokens=0, loss_tokens=0, seconds=0.0, final_loss=float("nan"),
-                         resumed_from_step=start)
+                         resumed_from_step=start, trainable_parameters=sum(p.numel() for p in params.values()))
     model.train()
     pad = tokenizer.pad_token_id
     bar = tqdm(range(start, total), desc="train", unit="step", disable=not progress, initial=start, total=total)
@@ -171,11 +175,12 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         mask = torch.tensor([[1] * len(item[0]) + [0] * (width - len(item[0])) for item in batch])
         soft = [(row, *item[2]) for row, item in enumerate(batch) if len(item) > 2]
         for group in optimizer.param_groups:  # the schedule is a function of the step: nothing to restore
-            group["lr"] = config.lr * _lr_factor(step, total)
+            group["lr"] = lr * _lr_factor(step, total)
         loss = completion_loss(model, input_ids, mask, labels, soft)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-        optimizer.step()
+        if loss.requires_grad:  # a batch with nothing to score (every completion cut off) is skipped
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         result.tokens += int(mask.sum())
         result.loss_tokens += int((labels[:, 1:] != IGNORE).sum()) + sum(ids.shape[0] for _, _, ids, _ in soft)

@@ -10,6 +10,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 
 class LoRA:
     name = "lora"
+    default_lr = 5e-4
 
     def attach(self, model, config):
         if isinstance(model, PeftModel):
@@ -29,3 +30,6 @@ class LoRA:
 
     def disabled(self, model):
         return model.disable_adapter()
+
+    def detach(self, model):
+        return model.unload()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,9 +38,9 @@ def qa_example(question: str, answer: str, chunk, strategy: str, teacher: str) -
 
 
 def _strategies():
-    from inweights.synth import cloze, qa, rephrase
+    from inweights.synth import cloze, qa, rephrase, selfstudy
 
-    return {m.NAME: m for m in (cloze, qa, rephrase)}
+    return {m.NAME: m for m in (cloze, qa, rephrase, selfstudy)}
 
 
 class _Registry(dict):
@@ -77,7 +78,7 @@ class ExampleCache:
         self.directory = Path(directory)
 
     def key(self, strategy, chunk, teacher_id: str, config) -> str:
-        settings = {k: v for k, v in asdict(config).items() if k not in ("strategies", "teacher_batch_size")}
+        settings = {k: v for k, v in asdict(config).items() if k not in ("strategies", "teacher_batch_size", "budget")}
         raw = json.dumps([strategy.NAME, strategy.VERSION, chunk.sha256, chunk.doc_path, chunk.doc_sha256,
                           teacher_id if strategy.NEEDS_TEACHER else "none", settings], sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()
@@ -137,13 +138,38 @@ def synthesize(chunks: Sequence, teacher, config, cache: ExampleCache, progress:
     for example in examples:
         ident = (example.prompt, example.completion)
         if ident in seen:
-            stats[example.strategy]["dropped_duplicate_across_chunks"] += 1
+            stats[example.strategy.split(":")[0]]["dropped_duplicate_across_chunks"] += 1
             continue
         seen.add(ident)
         unique.append(example)
     for name, counter in stats.items():
-        counter["examples"] = sum(1 for e in unique if e.strategy == name)
+        counter["examples"] = sum(1 for e in unique if e.strategy.split(":")[0] == name)
     return unique, {name: dict(c) for name, c in stats.items()}
+
+
+def within_budget(examples: Sequence[Example], budget: int | None, count_tokens, seed: int = 0) -> list[Example]:
+    """At most `budget` tokens (prompt + completion, by `count_tokens(example)`) of examples, taken in a seeded
+    round-robin over (chunk, kind) groups so that every chunk and every seed type is represented before any
+    gets a second helping. None: all of them."""
+    if budget is None:
+        return list(examples)
+    rng = random.Random(seed)
+    groups: dict[tuple[str, str], list[Example]] = {}
+    for example in examples:
+        groups.setdefault((example.chunk_sha256, example.strategy), []).append(example)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(groups.items())]
+    rng.shuffle(queues)
+    chosen, spent = [], 0
+    while queues and spent < budget:
+        for queue in list(queues):
+            example = queue.pop()
+            chosen.append(example)
+            spent += count_tokens(example)
+            if not queue:
+                queues.remove(queue)
+            if spent >= budget:
+                break
+    return chosen
 
 
 def _leaks(example: Example, needles: dict[str, str]) -> str | None:
