@@ -15,7 +15,8 @@ class SynthConfig:
     """How synthetic training data is made from the chunks."""
 
     strategies: tuple[str, ...] = ("cloze",)
-    """Strategies to run, by name: cloze (LLM-free), qa and rephrase (written by the teacher, the base model).
+    """Strategies to run, by name: cloze and selfstudy (LLM-free; selfstudy: seed prompts of seven kinds per
+    sentence and entity, sized by --budget), qa and rephrase (written by the teacher, the base model).
     The teacher strategies are off by default: with the embedded 270M model as teacher they cost minutes per
     chunk and few of their outputs survive the filters (see README)."""
     budget: int | None = None
@@ -61,7 +62,9 @@ class TrainConfig:
     """How the memory is trained on the synthetic examples."""
 
     method: str = "lora"
-    """Parameterization of the memory (see `inweights.methods.METHODS`)."""
+    """Parameterization of the memory: lora, tinylora, full (fine-tune every block weight), cartridge (a trained
+    KV prefix) or memory_layer (a sparse key-value memory beside one MLP). Only lora memories can be served
+    by `inweights serve` and vLLM."""
     objective: str = "sft"
     """sft: next-token loss on the completions. distill: context distillation, the student matches the base
     model that has the source chunk in its context (KL over its top-32 next tokens, computed once, cached)."""

@@ -17,6 +17,8 @@ call with `cache=`/`position_ids`). Adding a method means one module and one lin
 from inweights.methods.cartridge import Cartridge
 from inweights.methods.full import FullFineTune
 from inweights.methods.lora import LoRA
+from inweights.methods.memory_layer import MemoryLayer
 from inweights.methods.tinylora import TinyLoRA
 
-METHODS = {"lora": LoRA(), "tinylora": TinyLoRA(), "full": FullFineTune(), "cartridge": Cartridge()}
+METHODS = {"lora": LoRA(), "tinylora": TinyLoRA(), "full": FullFineTune(), "cartridge": Cartridge(),
+           "memory_layer": MemoryLayer()}

@@ -1,0 +1,173 @@
+"""The sparse memory layer on the tiny model: exact no-op when attached, TF-IDF row choice, sparse training,
+exact disable/detach, save/load round trip, and learn -> ask end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import inweights.methods as methods
+from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn, load_memory
+from inweights.methods.memory_layer import MemoryLayer, MemoryMLP, _scored
+from inweights.models import load_base
+from inweights.train import completion_loss, tokenize_example, train
+
+COMMON = "The weather is mild today and the river runs calm under the old bridge."
+SPECIFIC = "Ingrid Vassbotn founded Fjordlight Instruments in 2011 on Rovoy."
+
+
+@pytest.fixture()
+def method(monkeypatch) -> MemoryLayer:
+    monkeypatch.setitem(methods.METHODS, "memory_layer", MemoryLayer())
+    return methods.METHODS["memory_layer"]
+
+
+@pytest.fixture()
+def base(tiny_model_dir):
+    return load_base(str(tiny_model_dir))
+
+
+def config(**overrides) -> TrainConfig:
+    return TrainConfig(**({"method": "memory_layer", "memory_slots": 256, "memory_topk": 4,
+                           "memory_trainable_rows": 8, "replay_fraction": 0.0, "epochs": 1} | overrides))
+
+
+def logits(model, tokenizer, text=SPECIFIC) -> torch.Tensor:
+    with torch.no_grad():
+        return model(torch.tensor([tokenizer(text)["input_ids"]])).logits
+
+
+def wrapper(model) -> MemoryMLP:
+    return next(m for m in model.modules() if isinstance(m, MemoryMLP))
+
+
+def qa_items(tokenizer):
+    pairs = [("Who founded Fjordlight Instruments?", " Ingrid Vassbotn"), ("When was Fjordlight founded?", " 2011"),
+             ("Where is Lanternfest held?", " on Rovoy")]
+    return [tokenize_example(tokenizer, f"Question: {q}\nAnswer:", a, 64, None) for q, a in pairs]
+
+
+def test_attach_is_an_exact_no_op_and_trains_only_the_memory(method, base):
+    before = logits(base.model, base.tokenizer)
+    model = method.attach(base.model, config())
+    try:
+        assert torch.equal(logits(model, base.tokenizer), before)
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["model.layers.1.mlp.memory.rows"]
+        assert model.model.layers[1].mlp.memory.rows.shape == (8, 32)
+        with pytest.raises(ValueError, match="already carries"):
+            method.attach(model, config())
+    finally:
+        method.detach(model)
+
+
+def test_prepare_picks_rows_the_training_data_reads_and_general_text_does_not(method, base):
+    tok = base.tokenizer
+    common, specific = tok(COMMON)["input_ids"], tok(SPECIFIC)["input_ids"]
+    model = method.attach(base.model, config())
+    try:
+        items = [(common, None), (common, None), (specific, None)]
+        method.prepare(model, items, [(common,)] * 3)
+        chosen = set(wrapper(model).memory.row_index.tolist())
+        general = set(method.read_counts(model, [common]).nonzero().flatten().tolist())
+        specific_rows = set(method.read_counts(model, [specific]).nonzero().flatten().tolist())
+        assert len(specific_rows - general) >= 8 and len(chosen) == 8
+        assert chosen <= specific_rows - general
+        method.prepare(model, items, [(common,)] * 3)  # deterministic: a resumed run trains the same rows
+        assert set(wrapper(model).memory.row_index.tolist()) == chosen
+        method.prepare(model, items, [])  # without general text, the rows read most (the common ones) win
+        assert set(wrapper(model).memory.row_index.tolist()) & general
+    finally:
+        method.detach(model)
+
+
+def test_training_rows_count_reads_where_the_loss_is():
+    """tf counts reads at the positions that predict a labelled (or soft-target) token, not the shared prompt."""
+    assert _scored(([2, 5, 6, 7, 8], [-100, -100, -100, 7, 8])) == [0, 0, 1, 1, 0]
+    assert _scored(([2, 5, 6, 7, 8], [-100] * 5, (1, torch.zeros(3, 4), torch.zeros(3, 4)))) == [0, 1, 1, 1, 0]
+    assert _scored(([2, 5, 6],)) == [1, 1, 1]  # nothing scored: every position counts
+
+
+def test_training_lowers_the_loss_and_changes_only_the_selected_rows(method, base, tmp_path):
+    items = qa_items(base.tokenizer)
+    cfg = config(memory_trainable_rows=32, epochs=20, lr=1e-2, batch_tokens=256, max_seq_len=64)
+    model = method.attach(base.model, cfg)
+    try:
+        method.prepare(model, items, [])
+        memory = wrapper(model).memory
+
+        def loss():
+            with torch.no_grad():
+                return sum(completion_loss(model, torch.tensor([ids]), torch.ones(1, len(ids), dtype=torch.long),
+                                           torch.tensor([labels])).item() for ids, labels in items)
+
+        first = loss()
+        result = train(model, base.tokenizer, items, len(items), cfg, tmp_path / "run", progress=False)
+        assert result.steps == 20 and loss() < first - 0.5  # summed over 3 items; the random tiny model learns slowly
+        table = torch.zeros(256, 32)  # the full value table the memory reads: zero but for the trained rows
+        table[memory.row_index] = memory.rows.detach()
+        touched = set(table.abs().amax(-1).nonzero().flatten().tolist())
+        read = set(method.read_counts(model, [ids for ids, _ in items]).nonzero().flatten().tolist())
+        assert touched and touched <= set(memory.row_index.tolist()) & read  # (read at a scored position)
+    finally:
+        method.detach(model)
+
+
+def test_disable_detach_and_save_load_are_exact(method, base, tmp_path):
+    plain_mlp = base.model.model.layers[1].mlp
+    before = logits(base.model, base.tokenizer)
+    items = qa_items(base.tokenizer)
+    cfg = config(memory_trainable_rows=32, epochs=5, lr=5e-2)
+    model = method.attach(base.model, cfg)
+    method.prepare(model, items, [])
+    train(model, base.tokenizer, items, len(items), cfg, tmp_path / "run", progress=False)
+    trained = logits(model, base.tokenizer)
+    assert not torch.equal(trained, before)
+    with method.disabled(model):
+        assert torch.equal(logits(model, base.tokenizer), before)
+    assert torch.equal(logits(model, base.tokenizer), trained)
+    method.save(model, tmp_path)
+    base_model = method.detach(model)
+
+    assert base_model.model.layers[1].mlp is plain_mlp
+    assert not any("memory" in n for n, _ in base_model.named_modules())
+    assert not any(p.requires_grad for p in base_model.parameters())
+    assert torch.equal(logits(base_model, base.tokenizer), before)
+
+    saved = json.loads((tmp_path / "memory_layer_config.json").read_text())
+    assert saved["layer"] == 1 and saved["slots"] == 256 and saved["topk"] == 4 and saved["hidden"] == 32
+    tensors = load_file(tmp_path / "memory_layer.safetensors")
+    assert 0 < tensors["rows"].shape[0] <= 32 and tensors["rows"].abs().amax(-1).min() > 0  # only trained rows
+    loaded = method.load(base_model, tmp_path)
+    try:
+        assert torch.equal(logits(loaded, base.tokenizer), trained)
+        assert not any(p.requires_grad for p in loaded.parameters())
+    finally:
+        method.detach(loaded)
+    assert torch.equal(logits(base_model, base.tokenizer), before)
+
+
+def test_learn_then_ask_with_the_memory_layer(method, tmp_path, workspace, tiny_model_dir, base):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "handbook.md").write_text(f"# Fjordlight\n\n{SPECIFIC} The Oslo office opened in March 2019.\n")
+    cfg = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("cloze",)),
+                      train=TrainConfig(method="memory_layer", memory_slots=256, memory_topk=4,
+                                        memory_trainable_rows=32, epochs=1, replay_sequences=2))
+    version = learn([docs], memory="m", config=cfg, base=base, workspace=Workspace(), progress=False)
+
+    assert version.manifest["method"] == "memory_layer"
+    assert {p.name for p in version.path.iterdir()} == {"memory_layer.safetensors", "memory_layer_config.json",
+                                                        "manifest.json"}
+    assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())  # learn gave the base back
+    assert isinstance(ask("m", "Who founded Fjordlight Instruments?", base=base), str)
+    question = ["When did the Oslo office open?"]
+    plain = load_memory(None, base=base).answer(question)
+    loaded = load_memory("m", base=base)
+    try:
+        assert loaded.base_answers(question) == plain
+    finally:
+        loaded.close()
+    assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())

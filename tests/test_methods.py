@@ -1,0 +1,88 @@
+"""Every memory method: attach trains only the memory, `disabled` and `detach` give the exact base back, and a
+saved memory loads to the same outputs. Method-specific behaviour is tested in test_cartridge.py and
+test_memory_layer.py; learn/ask end to end per method is here."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn
+from inweights.config import resolve_epochs
+from inweights.methods import METHODS
+from inweights.models import load_base
+
+SMALL = {"tinylora": {}, "full": {}, "lora": {}, "cartridge": {"prefix_tokens": 8},
+         "memory_layer": {"memory_slots": 256, "memory_topk": 4, "memory_trainable_rows": 32}}
+
+
+@pytest.fixture(scope="module")
+def base(tiny_model_dir):
+    return load_base(str(tiny_model_dir))
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+
+
+@pytest.mark.parametrize("name", ["lora", "tinylora", "full"])
+def test_attach_save_load_disable_detach(name, base, tmp_path):
+    method = METHODS[name]
+    ids = torch.tensor([[2, 5, 6, 7, 8, 9, 10]])
+    reference = _logits(base.model, ids)
+    model = method.attach(base.model, TrainConfig(method=name, **SMALL[name]))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("embed" not in n for n in trainable)
+    torch.manual_seed(0)
+    with torch.no_grad():  # stand-in for training: move every trainable number
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    trained = _logits(model, ids)
+    assert not torch.allclose(trained, reference)
+    with method.disabled(model):
+        assert torch.equal(_logits(model, ids), reference)
+    assert torch.equal(_logits(model, ids), trained)  # and back on after the context
+    method.save(model, tmp_path)
+    plain = method.detach(model)
+    assert torch.equal(_logits(plain, ids), reference)
+    assert not any(p.requires_grad for p in plain.parameters())
+    loaded = method.load(plain, tmp_path)
+    assert torch.allclose(_logits(loaded, ids), trained, atol=1e-6)
+    assert torch.equal(_logits(method.detach(loaded), ids), reference)
+
+
+def test_full_fine_tuning_refuses_a_second_memory(base):
+    method = METHODS["full"]
+    model = method.attach(base.model, TrainConfig(method="full"))
+    try:
+        with pytest.raises(ValueError, match="already carries a memory"):
+            method.attach(model, TrainConfig(method="full"))
+    finally:
+        method.detach(model)
+
+
+def test_each_method_has_its_own_default_learning_rate():
+    assert resolve_epochs(TrainConfig(method="full", epochs=1), 10).lr == METHODS["full"].default_lr
+    assert resolve_epochs(TrainConfig(method="lora", epochs=1), 10).lr == 5e-4
+    assert resolve_epochs(TrainConfig(method="full", epochs=1, lr=1e-3), 10).lr == 1e-3
+    assert len({m.default_lr for m in METHODS.values()}) > 1
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_learn_and_ask_with_every_method(name, base, tmp_path, tiny_model_dir):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("The Oslo office of Fjordlight opened in March 2019 and employs forty people.\n")
+    workspace = Workspace(tmp_path / "home")
+    before = {n: p.detach().clone() for n, p in base.model.named_parameters()}
+    config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("selfstudy",), budget=200),
+                         train=TrainConfig(method=name, epochs=1, replay_sequences=4, **SMALL[name]))
+    version = learn([docs], "m", config, base=base, workspace=workspace, progress=False)
+    manifest = version.manifest
+    assert manifest["method"] == name and manifest["training"]["trainable_parameters"] > 0
+    assert manifest["synthetic"]["pool"] >= manifest["synthetic"]["examples"]
+    assert isinstance(ask("m", "When did the Oslo office open?", base=base, workspace=workspace), str)
+    after = dict(base.model.named_parameters())
+    assert set(after) == set(before) and all(torch.equal(before[n], after[n]) for n in before)
