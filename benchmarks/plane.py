@@ -1,0 +1,291 @@
+"""The learning/forgetting plane: every method x objective x guard x budget, learned from the same SQuAD dev
+passages and scored on the same held-out questions and general tasks.
+
+Each point learns a memory with `inweights.learn` (evaluation questions excluded and leak-checked), answers the
+passages' questions closed-book, and runs the forgetting suite (ARC-Easy, PIQA, BoolQ, TriviaQA, WikiText-2).
+The base model is scored once closed-book and with the passage in context, which fixes the gap a memory should
+recover: recovered = (EM_memory - EM_closed) / (EM_in_context - EM_closed).
+
+Points run in the order listed (the ones that decide the default first) and each is written to
+`plane.json` as soon as it is done, so an interrupted run resumes where it stopped; `--points` picks a subset.
+Outputs in benchmarks/results/plane/: plane.json (every number, with versions and settings), plane.md (table),
+plane.png (learning vs forgetting), scaling.png (exact match vs synthetic tokens for the default recipe).
+
+Run as:
+    python benchmarks/plane.py                                   # embedded gemma-3-270m, 8 passages, all points
+    python benchmarks/plane.py --points lora-sft-guard-selfstudy-6000,full-sft-guard-selfstudy-6000
+    python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --out /tmp/plane  # smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Point:
+    method: str
+    objective: str
+    guard: bool
+    strategy: str
+    budget: int | None
+
+    @property
+    def name(self) -> str:
+        return (f"{self.method}-{self.objective}-{'guard' if self.guard else 'noguard'}-{self.strategy}-"
+                f"{self.budget or 'all'}")
+
+
+def default_points(budgets: list[int], ref: int) -> list[Point]:
+    """Most informative first: learn's old default, the selfstudy recipe at the reference budget, one lever at
+    a time against it (objective, method), the smaller budgets (scaling curve), the remaining methods, the guard
+    off, and the larger budgets last (they cost the most)."""
+    points = [Point("lora", "sft", True, "cloze", None), Point("lora", "sft", True, "selfstudy", ref),
+              Point("lora", "distill", True, "selfstudy", ref), Point("full", "sft", True, "selfstudy", ref),
+              Point("memory_layer", "sft", True, "selfstudy", ref)]
+    points += [Point("lora", "sft", True, "selfstudy", b) for b in sorted(budgets, reverse=True) if b < ref]
+    points += [Point(m, "sft", True, "selfstudy", ref) for m in ("cartridge", "tinylora")]
+    points += [Point("lora", "sft", False, "selfstudy", ref)]
+    points += [Point("lora", "sft", True, "selfstudy", b) for b in budgets if b > ref]
+    return list(dict.fromkeys(points))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--passages", type=int, default=8, help="first N SQuAD dev passages (all their questions)")
+    parser.add_argument("--budgets", default="750,1500,3000,6000,12000", help="synthetic-token budgets")
+    parser.add_argument("--reference-budget", type=int, default=6000, help="budget of the method/objective points")
+    parser.add_argument("--points", default=None, help="comma-separated point names (default: the standard list)")
+    parser.add_argument("--general-limit", type=int, default=50, help="items of each general task")
+    parser.add_argument("--base", default=None, help="base model (default: the embedded gemma-3-270m)")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plane")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from inweights.config import LearnConfig, SynthConfig, TrainConfig
+    from inweights.evaluate.conditions import answer_short, score
+    from inweights.evaluate.general import GeneralLimits, compare, general_suite
+    from inweights.evaluate.questions import load_squad
+    from inweights.models import DEFAULT_BASE, load_base
+    from inweights.store import Workspace
+
+    progress = not args.no_progress
+    budgets = [int(b) for b in args.budgets.split(",")]
+    points = default_points(budgets, args.reference_budget)
+    if args.points:
+        wanted = args.points.split(",")
+        known = {p.name: p for p in points}
+        points = [known.get(n) or _parse(n) for n in wanted]
+    documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.passages)
+    base = load_base(args.base or DEFAULT_BASE)
+    n = args.general_limit
+    limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n, wikitext_tokens=1024)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "plane.json"
+    results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    settings = {"passages": args.passages, "questions": len(questions), "general_limit": n, "base": base.name}
+    if results.get("settings", settings) != settings:
+        raise SystemExit(f"{results_path} was made with {results['settings']}; use another --out")
+    results["settings"] = settings
+    results |= {"versions": _versions(), "machine": {"threads": torch.get_num_threads(),
+                                                    "platform": platform.platform()}}
+
+    def save() -> None:
+        results_path.write_text(json.dumps(results, indent=1))
+
+    if "base" not in results:
+        t = time.perf_counter()
+        closed = answer_short(base.model, base.tokenizer, base.stop_token_ids, questions, [None] * len(questions))
+        in_context = answer_short(base.model, base.tokenizer, base.stop_token_ids, questions,
+                                  [documents[q.doc] for q in questions])
+        results["base"] = {"closed_book": score(questions, closed), "in_context": score(questions, in_context),
+                           "general": general_suite(base.model, base.tokenizer, args.data / "general", limits,
+                                                    base.stop_token_ids, progress=progress),
+                           "seconds": time.perf_counter() - t}
+        save()
+    em_closed = results["base"]["closed_book"]["em"]
+    em_context = results["base"]["in_context"]["em"]
+    exclude = [q.question for q in questions]
+    results.setdefault("points", {})
+    workspace = Workspace()  # its caches (replay text, targets, synthetic data) are shared across runs
+    with tempfile.TemporaryDirectory() as folder:
+        for doc_id, text in documents.items():
+            (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+        for point in points:
+            if point.name in results["points"]:
+                continue
+            print(f"--- {point.name}", flush=True)
+            config = LearnConfig(base=args.base or DEFAULT_BASE,
+                                 synth=SynthConfig(strategies=(point.strategy,), budget=point.budget),
+                                 train=TrainConfig(method=point.method, objective=point.objective,
+                                                   replay_fraction=0.2 if point.guard else 0.0))
+            t = time.perf_counter()
+            version = learn_point(folder, point, config, base, workspace, exclude, progress)
+            learn_s = time.perf_counter() - t
+            from inweights.api import load_memory
+
+            loaded = load_memory(version.ref, base=base, workspace=workspace)
+            try:
+                answers = answer_short(loaded.model, base.tokenizer, base.stop_token_ids, questions,
+                                       [None] * len(questions))
+                general = general_suite(loaded.model, base.tokenizer, args.data / "general", limits,
+                                        base.stop_token_ids, progress=progress)
+            finally:
+                loaded.close()
+            scores = score(questions, answers)
+            deltas = compare(results["base"]["general"], general)
+            m = version.manifest
+            results["points"][point.name] = {
+                "method": point.method, "objective": point.objective, "guard": point.guard,
+                "strategy": point.strategy, "budget": point.budget,
+                "scores": scores, "gain_points": 100 * (scores["em"] - em_closed),
+                "gap_recovered": (scores["em"] - em_closed) / max(em_context - em_closed, 1e-9),
+                "general": general, "general_deltas": deltas,
+                "general_mean_points": _mean_points(deltas),
+                "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
+                "synthetic_examples": m["synthetic"]["examples"], "synthetic_pool": m["synthetic"].get("pool"),
+                "synthetic_tokens": m["synthetic"]["tokens"], "trained_tokens": m["training"]["tokens"],
+                "epochs": m["config"]["train"]["epochs"], "lr": m["config"]["train"]["lr"],
+                "train_s": m["training"]["seconds"], "learn_s": learn_s,
+                "trainable_parameters": m["training"].get("trainable_parameters"),
+                "predictions": answers[:20],
+            }
+            print(f"{point.name}: EM {100 * scores['em']:.1f} (closed {100 * em_closed:.1f}, in-context "
+                  f"{100 * em_context:.1f}), general {_mean_points(deltas):+.1f} pts, wikitext "
+                  f"{deltas.get('wikitext2', {}).get('ppl_pct', 0):+.1f}%, learn {learn_s:.0f}s", flush=True)
+            save()
+            _remove(workspace.memories_dir / _memory_name(point))
+    (out / "plane.md").write_text(markdown(results))
+    plot(results, out)
+    print((out / "plane.md").read_text())
+    return results
+
+
+def learn_point(folder, point, config, base, workspace, exclude, progress):
+    from inweights.api import learn
+
+    return learn([folder], _memory_name(point), config, base=base, workspace=workspace, exclude_questions=exclude,
+                 progress=progress)
+
+
+def _memory_name(point: Point) -> str:
+    return f"plane-{point.name}"
+
+
+def _parse(name: str) -> Point:
+    method, objective, guard, strategy, budget = name.split("-")
+    return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget))
+
+
+def _mean_points(deltas: dict) -> float:
+    values = [v for task in deltas.values() for k, v in task.items() if k in ("acc_points", "match_points")]
+    return sum(values) / len(values) if values else 0.0
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)  # full fine-tunes are hundreds of MB each; the numbers are kept
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    from inweights import __version__
+
+    return {"inweights": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "peft": peft.__version__, "python": platform.python_version()}
+
+
+def markdown(results: dict) -> str:
+    b = results["base"]
+    s = results["settings"]
+    lines = [f"# Learning/forgetting plane ({s['base']}, SQuAD dev: {s['passages']} passages, {s['questions']} "
+             f"questions; general tasks: first {s['general_limit']} items each)", "",
+             f"Base model: closed-book EM {100 * b['closed_book']['em']:.1f}, in-context EM "
+             f"{100 * b['in_context']['em']:.1f}, WikiText-2 ppl {b['general']['wikitext2']['ppl']:.2f}.", "",
+             "| point | synthetic tokens | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | "
+             "TriviaQA | WikiText-2 ppl | learn time |", "|" + "---|" * 12]
+    for name, p in results["points"].items():
+        d = p["general_deltas"]
+
+        def pts(task, key="acc_points"):
+            return f"{d[task][key]:+.0f}" if task in d else ""
+
+        lines.append(f"| {name} | {p['synthetic_tokens']:,} | {100 * p['scores']['em']:.1f} | "
+                     f"{100 * p['scores']['f1']:.1f} | {100 * p['gap_recovered']:.0f}% | "
+                     f"{p['general_mean_points']:+.1f} | {pts('arc_easy')} | {pts('piqa')} | {pts('boolq')} | "
+                     f"{pts('triviaqa', 'match_points')} | {p['wikitext_ppl_pct']:+.1f}% | {p['learn_s']:.0f} s |")
+    lines += ["", "Targets (issue #4): gap recovered >= 75%, WikiText-2 ppl within +3%, each general task within 1 "
+              "point. Point names: method-objective-guard-strategy-budget."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    points = results["points"]
+    if not points:
+        return
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
+    colors = {"lora": "tab:blue", "tinylora": "tab:cyan", "full": "tab:red", "memory_layer": "tab:green",
+              "cartridge": "tab:purple"}
+    for name, p in points.items():
+        marker = "o" if p["objective"] == "sft" else "s"
+        face = colors.get(p["method"], "gray") if p["guard"] else "none"
+        for ax, x in zip(axes, (p["general_mean_points"], p["wikitext_ppl_pct"])):
+            ax.scatter([x], [p["gain_points"]], marker=marker, s=30 + p["train_s"] / 5,
+                       facecolors=face, edgecolors=colors.get(p["method"], "gray"))
+            ax.annotate(name, (x, p["gain_points"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    gap = 100 * (results["base"]["in_context"]["em"] - results["base"]["closed_book"]["em"])
+    for ax, label in zip(axes, ("general-task change, mean (points; right is better)",
+                                "WikiText-2 perplexity change (%; left is better)")):
+        ax.axhline(gap, ls="--", c="gray", lw=0.8)
+        ax.axhline(0.75 * gap, ls=":", c="gray", lw=0.8)
+        ax.set_xlabel(label)
+        ax.set_ylabel("closed-book EM gain over the base (points)")
+        ax.grid(alpha=0.3)
+    axes[0].set_title("dashed: in-context; dotted: 75% of the gap (target)")
+    axes[1].set_title("circle: sft, square: distill; hollow: no guard; size: train time")
+    fig.tight_layout()
+    fig.savefig(out / "plane.png", dpi=120)
+    plt.close(fig)
+
+    curve = sorted((p["synthetic_tokens"], 100 * p["scores"]["em"], p["wikitext_ppl_pct"]) for p in points.values()
+                   if p["method"] == "lora" and p["objective"] == "sft" and p["guard"] and p["strategy"] == "selfstudy")
+    if curve:
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        ax.plot([c[0] for c in curve], [c[1] for c in curve], "o-", label="closed-book EM")
+        ax.axhline(100 * results["base"]["in_context"]["em"], ls="--", c="gray", label="in-context EM")
+        ax.axhline(100 * results["base"]["closed_book"]["em"], ls=":", c="gray", label="base closed-book EM")
+        for tokens, em, ppl in curve:
+            ax.annotate(f"ppl {ppl:+.0f}%", (tokens, em), fontsize=7, xytext=(3, -10), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_xlabel("synthetic tokens (log)")
+        ax.set_ylabel("exact match (%)")
+        ax.set_title("Scaling: LoRA, sft, guard, selfstudy")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / "scaling.png", dpi=120)
+        plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
