@@ -13,6 +13,7 @@ plane.png (learning vs forgetting), scaling.png (exact match vs synthetic tokens
 
 Run as:
     python benchmarks/plane.py                                   # embedded gemma-3-270m, 8 passages, all points
+    python benchmarks/plane.py --report-only                     # plane.md and plots from plane.json
     python benchmarks/plane.py --points lora-sft-guard-selfstudy-6000,full-sft-guard-selfstudy-6000
     python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --out /tmp/plane  # smoke
 """
@@ -70,8 +71,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--base", default=None, help="base model (default: the embedded gemma-3-270m)")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plane")
+    parser.add_argument("--report-only", action="store_true", help="rewrite plane.md and the plots from plane.json")
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
+    if args.report_only:
+        results = json.loads((args.out / "plane.json").read_text())
+        (args.out / "plane.md").write_text(markdown(results))
+        plot(results, args.out)
+        return results
 
     from inweights.config import LearnConfig, SynthConfig, TrainConfig
     from inweights.evaluate.conditions import answer_short, score
