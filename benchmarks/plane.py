@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.config import LearnConfig, SynthConfig, TrainConfig
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
+    from inweights.evaluate.harness import mean_change_points
     from inweights.evaluate.questions import load_squad
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
@@ -160,7 +161,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "scores": scores, "gain_points": 100 * (scores["em"] - em_closed),
                 "gap_recovered": (scores["em"] - em_closed) / max(em_context - em_closed, 1e-9),
                 "general": general, "general_deltas": deltas,
-                "general_mean_points": _mean_points(deltas),
+                "general_mean_points": mean_change_points(deltas),
                 "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
                 "synthetic_examples": m["synthetic"]["examples"], "synthetic_pool": m["synthetic"].get("pool"),
                 "synthetic_tokens": m["synthetic"]["tokens"], "trained_tokens": m["training"]["tokens"],
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "predictions": answers[:20],
             }
             print(f"{point.name}: EM {100 * scores['em']:.1f} (closed {100 * em_closed:.1f}, in-context "
-                  f"{100 * em_context:.1f}), general {_mean_points(deltas):+.1f} pts, wikitext "
+                  f"{100 * em_context:.1f}), general {mean_change_points(deltas):+.1f} pts, wikitext "
                   f"{deltas.get('wikitext2', {}).get('ppl_pct', 0):+.1f}%, learn {learn_s:.0f}s", flush=True)
             save()
             _remove(workspace.memories_dir / _memory_name(point))
@@ -194,11 +195,6 @@ def _memory_name(point: Point) -> str:
 def _parse(name: str) -> Point:
     method, objective, guard, strategy, budget = name.split("-")
     return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget))
-
-
-def _mean_points(deltas: dict) -> float:
-    values = [v for task in deltas.values() for k, v in task.items() if k in ("acc_points", "match_points")]
-    return sum(values) / len(values) if values else 0.0
 
 
 def _remove(path: Path) -> None:

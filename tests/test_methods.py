@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn
-from inweights.config import resolve_epochs
+from inweights.config import resolve_train
 from inweights.methods import METHODS
 from inweights.models import load_base
 
@@ -64,9 +64,9 @@ def test_full_fine_tuning_refuses_a_second_memory(base):
 
 
 def test_each_method_has_its_own_default_learning_rate():
-    assert resolve_epochs(TrainConfig(method="full", epochs=1), 10).lr == METHODS["full"].default_lr
-    assert resolve_epochs(TrainConfig(method="lora", epochs=1), 10).lr == 5e-4
-    assert resolve_epochs(TrainConfig(method="full", epochs=1, lr=1e-3), 10).lr == 1e-3
+    assert resolve_train(TrainConfig(method="full", epochs=1), 10).lr == METHODS["full"].default_lr
+    assert resolve_train(TrainConfig(method="lora", epochs=1), 10).lr == 5e-4
+    assert resolve_train(TrainConfig(method="full", epochs=1, lr=1e-3), 10).lr == 1e-3
     assert len({m.default_lr for m in METHODS.values()}) > 1
 
 

@@ -20,7 +20,7 @@ from typing import Sequence
 import torch
 
 from inweights import __version__
-from inweights.config import LearnConfig, resolve_epochs
+from inweights.config import LearnConfig, resolve_train
 from inweights.corpus import chunk_documents, load_corpus
 from inweights.errors import InweightsError
 from inweights.generate import generate
@@ -42,7 +42,8 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     """Learn documents into a new version of the named memory and return it.
 
     `exclude_questions`: evaluation questions that must not appear in the training data: examples that contain
-    one are dropped (and counted in the manifest), then the training set is checked again. `base`: an already loaded base model to reuse (it must match `config.base`).
+    one are dropped (and counted in the manifest), then the training set is checked again. `base`: an already
+    loaded base model to reuse (it must match `config.base`).
     """
     validate_name(memory)
     config = config or LearnConfig()
@@ -71,7 +72,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     timings["synthesize_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    train_config = resolve_epochs(config.train, len(examples))
+    train_config = resolve_train(config.train, len(examples))
     replay_cache = workspace.cache_dir("replay")
     texts = replay_texts(base, train_config.replay_sequences if train_config.replay_fraction > 0 else 0,
                          replay_cache, seed=train_config.seed)

@@ -1,7 +1,8 @@
 """Typed configs: the one place for defaults. The CLI mirrors these fields; every memory records them.
 
-`None` in a field means "derive it from the corpus"; `resolve()` fills those in and the manifest records the
-resolved values, so a memory always says exactly what made it.
+`None` in a field means "derive it" (epochs from the corpus, the learning rate from the method);
+`resolve_train()` fills those in and the manifest records the resolved values, so a memory always says
+exactly what made it.
 """
 
 from __future__ import annotations
@@ -120,6 +121,13 @@ class TrainConfig:
         if self.rank < 1 or (self.lr is not None and self.lr <= 0) or self.batch_tokens < self.max_seq_len:
             raise ValueError("need rank >= 1, lr > 0 and batch_tokens >= max_seq_len")
 
+    @property
+    def peak_lr(self) -> float:
+        """`lr`, or the method's own default when it is None."""
+        from inweights.methods import METHODS
+
+        return self.lr if self.lr is not None else METHODS[self.method].default_lr
+
 
 @dataclass
 class LearnConfig:
@@ -139,14 +147,12 @@ class LearnConfig:
                    train=_build(TrainConfig, data["train"]))
 
 
-def resolve_epochs(train: TrainConfig, n_examples: int) -> TrainConfig:
+def resolve_train(train: TrainConfig, n_examples: int) -> TrainConfig:
     """Fill in what was left to the defaults: the learning rate of the method, and the number of epochs from
     the data volume (small corpora need more passes to be remembered, large ones fewer and each pass is more
     expensive: roughly 4 epochs at 200 examples, 2 at 2,000)."""
-    from inweights.methods import METHODS
-
     if train.lr is None:
-        train = replace(train, lr=METHODS[train.method].default_lr)
+        train = replace(train, lr=train.peak_lr)
     if train.epochs is not None:
         return train
     epochs = int(round(min(6, max(2, 4 - 2 * math.log10(max(n_examples, 1) / 200)))))

@@ -155,9 +155,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameters; attach a memory first")
-    from inweights.methods import METHODS
-
-    lr = config.lr if config.lr is not None else METHODS[config.method].default_lr
+    lr = config.peak_lr
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=config.weight_decay)
     checkpoint = run_dir / "checkpoint"
     start = _load_checkpoint(checkpoint, params, optimizer, total)

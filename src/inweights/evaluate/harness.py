@@ -28,7 +28,7 @@ import torch
 
 from inweights import __version__
 from inweights.api import load_memory, train_and_publish
-from inweights.config import LearnConfig, TrainConfig, resolve_epochs
+from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import load_corpus
 from inweights.errors import InweightsError
 from inweights.evaluate.conditions import answer_mc, answer_short, fit_context, measure_cost, model_window, \
@@ -119,7 +119,7 @@ def train_naive(base: Base, documents: dict[str, str], train_config: TrainConfig
     assert_no_leak([Example("", t, "raw_text", "", name, "", "none") for name, t in documents.items()],
                    exclude_questions)
     items = tokenize_replay(base.tokenizer, texts, train_config.max_seq_len)
-    config = resolve_epochs(replace(train_config, replay_fraction=0.0), len(items))
+    config = resolve_train(replace(train_config, replay_fraction=0.0), len(items))
     key = hashlib.sha256(json.dumps([asdict(config), base.fingerprint, texts], default=str).encode()).hexdigest()[:16]
     for version in reversed(workspace.versions(memory)):  # the same run already published: reuse it
         if version.manifest.get("run_key") == key:
@@ -209,6 +209,12 @@ def evaluate(base: Base, questions: Sequence[Question], documents: dict[str, str
                      naive_ref, window, time.perf_counter() - t_start)
 
 
+def mean_change_points(deltas: dict) -> float:
+    """Mean change over the general tasks' accuracies (points), from `general.compare`'s deltas; 0 if none."""
+    points = [v for task in deltas.values() for k, v in task.items() if k in GENERAL_ACCURACY_KEYS]
+    return sum(points) / len(points) if points else 0.0
+
+
 def check_conditions(conditions: Sequence[str]) -> None:
     unknown = [c for c in conditions if c not in CONDITIONS]
     if unknown or not conditions:
@@ -265,9 +271,8 @@ def _assemble(base, questions, results, general, training, settings, general_lim
     if "base" in general:
         for source, report in general.items():
             deltas = compare(general["base"], report)
-            points = [v for task in deltas.values() for k, v in task.items() if k in GENERAL_ACCURACY_KEYS]
             forgetting[source] = {"scores": report, "deltas": deltas,
-                                  "mean_change_points": sum(points) / len(points) if points else 0.0}
+                                  "mean_change_points": mean_change_points(deltas)}
     for name, result in results.items():
         result["headline"] = result["scores"][headline]
         result["gain_points"] = 100 * (result["headline"] - floor["headline"]) if floor else None

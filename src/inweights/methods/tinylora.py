@@ -9,14 +9,14 @@ plane. Saved in PEFT's format; served by PEFT, not by vLLM's LoRA path.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from peft import PeftModel, TinyLoraConfig, get_peft_model
 
 from inweights.methods.lora import LoRA
 
 
 class TinyLoRA(LoRA):
+    """LoRA's save, load, disabled and detach apply as they are: both are PEFT adapters."""
+
     name = "tinylora"
     default_lr = 5e-3
 
@@ -26,8 +26,3 @@ class TinyLoRA(LoRA):
         tiny = TinyLoraConfig(r=2, u=config.tinylora_u, target_modules=list(config.target_modules),
                               projection_seed=config.seed, task_type="CAUSAL_LM")
         return get_peft_model(model, tiny)
-
-    def load(self, model, directory: Path):
-        peft_model = PeftModel.from_pretrained(model, str(directory), is_trainable=False)
-        peft_model.eval()
-        return peft_model
