@@ -9,8 +9,7 @@ import json
 import pytest
 import torch
 
-import inweights.methods
-from inweights import LearnConfig, SynthConfig, TrainConfig, ask, learn, load_memory
+from inweights import LearnConfig, SynthConfig, TrainConfig, ask, learn
 from inweights.generate import generate
 from inweights.methods.cartridge import Cartridge
 from inweights.models import load_base
@@ -18,12 +17,6 @@ from inweights.train import completion_loss, tokenize_example, train
 
 PREFIX = "The Oslo office of Fjordlight opened in March 2019."
 PROMPTS = ["Question: When did the office open? Answer:", "Paris is the", "Question: Who founded the company?"]
-
-
-@pytest.fixture(autouse=True)
-def registered(monkeypatch):
-    """TrainConfig checks the method name against METHODS; the lead registers the cartridge for real."""
-    monkeypatch.setitem(inweights.methods.METHODS, "cartridge", Cartridge())
 
 
 @pytest.fixture()
@@ -186,12 +179,4 @@ def test_learn_then_ask_with_a_cartridge(tmp_path, workspace, tiny_model_dir, ba
     assert not hasattr(base.model, "cartridge")  # learn gave the base back plain
 
     assert isinstance(ask("m", "When did the Oslo office open?", base=base), str)
-    questions = ["Who founded Fjordlight?", "When did the Oslo office open?"]
-    plain = load_memory(None, base=base).answer(questions)
-    loaded = load_memory("m", base=base)
-    try:
-        assert loaded.base_answers(questions) == plain
-        assert len(loaded.answer(questions)) == 2
-    finally:
-        loaded.close()
     assert not hasattr(base.model, "cartridge") and not any(q.requires_grad for q in base.model.parameters())

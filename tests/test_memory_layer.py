@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 import inweights.methods as methods
-from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn, load_memory
+from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn
 from inweights.methods.memory_layer import MemoryLayer, MemoryMLP, _scored
 from inweights.models import load_base
 from inweights.train import completion_loss, tokenize_example, train
@@ -20,8 +20,7 @@ SPECIFIC = "Ingrid Vassbotn founded Fjordlight Instruments in 2011 on Rovoy."
 
 
 @pytest.fixture()
-def method(monkeypatch) -> MemoryLayer:
-    monkeypatch.setitem(methods.METHODS, "memory_layer", MemoryLayer())
+def method() -> MemoryLayer:
     return methods.METHODS["memory_layer"]
 
 
@@ -163,11 +162,4 @@ def test_learn_then_ask_with_the_memory_layer(method, tmp_path, workspace, tiny_
                                                         "manifest.json"}
     assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())  # learn gave the base back
     assert isinstance(ask("m", "Who founded Fjordlight Instruments?", base=base), str)
-    question = ["When did the Oslo office open?"]
-    plain = load_memory(None, base=base).answer(question)
-    loaded = load_memory("m", base=base)
-    try:
-        assert loaded.base_answers(question) == plain
-    finally:
-        loaded.close()
-    assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())
+    assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())  # ask gave it back too

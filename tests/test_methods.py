@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn
+from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn, load_memory
 from inweights.config import resolve_train
 from inweights.methods import METHODS
 from inweights.models import load_base
@@ -84,5 +84,13 @@ def test_learn_and_ask_with_every_method(name, base, tmp_path, tiny_model_dir):
     assert manifest["method"] == name and manifest["training"]["trainable_parameters"] > 0
     assert manifest["synthetic"]["pool"] >= manifest["synthetic"]["examples"]
     assert isinstance(ask("m", "When did the Oslo office open?", base=base, workspace=workspace), str)
+    questions = ["Who founded Fjordlight?", "When did the Oslo office open?"]
+    plain = load_memory(None, base=base).answer(questions)
+    loaded = load_memory("m", base=base, workspace=workspace)
+    try:
+        assert loaded.base_answers(questions) == plain  # `disabled` gives the base back inside a loaded memory
+        assert len(loaded.answer(questions)) == 2
+    finally:
+        loaded.close()
     after = dict(base.model.named_parameters())
     assert set(after) == set(before) and all(torch.equal(before[n], after[n]) for n in before)
