@@ -9,6 +9,7 @@ import torch
 
 from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn, load_memory
 from inweights.config import resolve_train
+from inweights.evaluate.metrics import option_logliks
 from inweights.methods import METHODS
 from inweights.models import load_base
 
@@ -90,6 +91,12 @@ def test_learn_and_ask_with_every_method(name, base, tmp_path, tiny_model_dir):
     try:
         assert loaded.base_answers(questions) == plain  # `disabled` gives the base back inside a loaded memory
         assert len(loaded.answer(questions)) == 2
+        story = " ".join(["The Oslo office of Fjordlight opened in March 2019."] * 12)  # > the 64-token window
+        contexts, options = [f"{story}\nQ: When?\nA:", f"{story}\nQ: Where?\nA:"], [["March 2019", "never"],
+                                                                                     ["Oslo", "Paris"]]
+        plain_ll, shared_ll = (option_logliks(loaded.model, base.tokenizer, contexts, options, shared_prefix=n)
+                               for n in (0, 16))  # a document's prefix run once, under the memory too
+        assert [t for s in shared_ll for t, _ in s] == pytest.approx([t for s in plain_ll for t, _ in s], abs=1e-4)
     finally:
         loaded.close()
     after = dict(base.model.named_parameters())

@@ -17,6 +17,7 @@ from inweights.evaluate.general import (
     load_triviaqa,
     load_wikitext,
 )
+from inweights.evaluate import metrics
 from inweights.evaluate.metrics import (
     alias_match,
     choose,
@@ -118,6 +119,30 @@ def test_option_logliks_match_direct_computation(tiny):
             assert total == pytest.approx(want_total, abs=1e-4)
             lengths.add(n)
     assert len(lengths) >= 3  # options of different lengths, so batches are padded
+
+
+def test_option_logliks_shared_prefix_equals_plain_scoring(tiny, monkeypatch):
+    """A story asked several questions: the shared-prefix path (one prefill, cache copied per batch) gives the
+    plain path's numbers. The story is longer than the tiny model's 64-token sliding window, so the earliest
+    continuation tokens need cache entries a sliding-window cache would have dropped."""
+    story = " ".join(f"Ingrid Solberg opened office {i} in Oslo in {1990 + i}." for i in range(30))
+    contexts = [f"{story}\n\nQuestion: {q}\nAnswer:" for q in ("Who opened the offices?", "Where?", "When?")]
+    contexts.append("A short unrelated prompt:")
+    options = [["Ingrid Solberg", "a lazy dog", "Oslo"], ["Oslo", "Paris"], ["in 1990", "never", "1995 or so"],
+               ["yes", "no"]]
+    assert len(tiny.tokenizer(story)["input_ids"]) > 3 * 64
+    plain = option_logliks(tiny.model, tiny.tokenizer, contexts, options, batch_size=2, shared_prefix=0)
+    prefixes = []
+    real = metrics._prefix_cache
+    monkeypatch.setattr(metrics, "_prefix_cache", lambda m, ids, d: prefixes.append(ids) or real(m, ids, d))
+    shared = option_logliks(tiny.model, tiny.tokenizer, contexts, options, batch_size=2, shared_prefix=32)
+    assert len(prefixes) == 1 and len(prefixes[0]) > 3 * 64  # the story ran once, the short prompt plainly
+    for want, got in zip(plain, shared):
+        assert [n for _, n in got] == [n for _, n in want]
+        assert [t for t, _ in got] == pytest.approx([t for t, _ in want], abs=1e-4)
+    for context, opts, scores in zip(contexts[:1], options, shared):  # and both equal the one-by-one truth
+        assert [t for t, _ in scores] == pytest.approx(
+            [_direct_loglik(tiny.model, tiny.tokenizer, context, o)[0] for o in opts], abs=1e-4)
 
 
 def test_option_logliks_through_peft_wrapper(tiny, tiny_model_dir):
