@@ -15,6 +15,7 @@ Run as:
     python benchmarks/plane.py                                   # embedded gemma-3-270m, 8 passages, all points
     python benchmarks/plane.py --report-only                     # plane.md and plots from plane.json
     python benchmarks/plane.py --points lora-sft-guard-selfstudy-6000,full-sft-guard-selfstudy-6000
+    python benchmarks/plane.py --points lora-sft-guard-cloze-all-lr0.0001    # a learning rate of its own
     python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --out /tmp/plane  # smoke
 """
 
@@ -40,11 +41,12 @@ class Point:
     guard: bool
     strategy: str
     budget: int | None
+    lr: float | None = None  # None: the method's default
 
     @property
     def name(self) -> str:
         return (f"{self.method}-{self.objective}-{'guard' if self.guard else 'noguard'}-{self.strategy}-"
-                f"{self.budget or 'all'}")
+                f"{self.budget or 'all'}" + (f"-lr{self.lr:g}" if self.lr is not None else ""))
 
 
 def default_points(budgets: list[int], ref: int) -> list[Point]:
@@ -138,7 +140,7 @@ def main(argv: list[str] | None = None) -> dict:
             config = LearnConfig(base=args.base or DEFAULT_BASE,
                                  synth=SynthConfig(strategies=(point.strategy,), budget=point.budget),
                                  train=TrainConfig(method=point.method, objective=point.objective,
-                                                   replay_fraction=0.2 if point.guard else 0.0))
+                                                   replay_fraction=0.2 if point.guard else 0.0, lr=point.lr))
             t = time.perf_counter()
             version = learn_point(folder, point, config, base, workspace, exclude, progress)
             learn_s = time.perf_counter() - t
@@ -189,12 +191,15 @@ def learn_point(folder, point, config, base, workspace, exclude, progress):
 
 
 def _memory_name(point: Point) -> str:
-    return f"plane-{point.name}"
+    return f"plane-{point.name}".replace(".", "p").replace("+", "")  # memory names take no '.' or '+'
+
 
 
 def _parse(name: str) -> Point:
-    method, objective, guard, strategy, budget = name.split("-")
-    return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget))
+    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX]."""
+    method, objective, guard, strategy, budget, *rest = name.split("-", 5)
+    lr = float(rest[0].removeprefix("lr")) if rest else None
+    return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget), lr)
 
 
 def _remove(path: Path) -> None:
@@ -233,7 +238,7 @@ def markdown(results: dict) -> str:
                      f"{p['general_mean_points']:+.1f} | {pts('arc_easy')} | {pts('piqa')} | {pts('boolq')} | "
                      f"{pts('triviaqa', 'match_points')} | {p['wikitext_ppl_pct']:+.1f}% | {p['learn_s']:.0f} s |")
     lines += ["", "Targets (issue #4): gap recovered >= 75%, WikiText-2 ppl within +3%, each general task within 1 "
-              "point. Point names: method-objective-guard-strategy-budget."]
+              "point. Point names: method-objective-guard-strategy-budget[-lr, when not the method's default]."]
     return "\n".join(lines) + "\n"
 
 
