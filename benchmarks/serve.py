@@ -332,9 +332,9 @@ def main() -> None:
 
     from inweights.models import load_base
 
+    base = load_base(args.base)  # before the switch below: the embedded model's converted cache is reused
     with tempfile.TemporaryDirectory() as home:
         os.environ["INWEIGHTS_HOME"] = home  # the benchmark memories stay out of the user's workspace
-        base = load_base(args.base)
         versions = make_memories(base, max(8, args.batch), args.rank)
         print("decode throughput...", flush=True)
         decode = decode_throughput(base, versions, args.batch, args.tokens, args.repeats)
