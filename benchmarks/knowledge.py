@@ -11,7 +11,8 @@ evaluation questions are checked against the synthetic training data (a leak fai
 
 Run as:
     python benchmarks/knowledge.py --task squad --limit 8                 # embedded gemma-3-270m
-    python benchmarks/knowledge.py --task quality --limit 2 --context-tokens 4096
+    python benchmarks/knowledge.py --task quality --budget 12000 \
+        --conditions closed_book,in_context,rag,memory,memory_rag --general-limit 50
     python benchmarks/knowledge.py --task squad --limit 2 --base DIR --general-limit 4 --strategies cloze --epochs 1
 """
 
@@ -52,6 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
                         "(default: the model's window)")
     parser.add_argument("--cost-questions", type=int, default=5, help="questions timed at batch size 1")
     parser.add_argument("--strategies", default=None, help="synthetic-data strategies (default: learn's)")
+    parser.add_argument("--budget", type=int, default=None, help="synthetic-token budget of the memory (default: "
+                        "all the strategies make; QuALITY's 38.7k words make ~40x SQuAD's 8 passages)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: derived by learn)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's); on a "
                         "busy machine 1 thread gives steadier timings than oversubscribed cores")
@@ -70,7 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
     base = load_base(args.base)
     workspace = Workspace()
     exclude = [q.question for q in questions]
-    synth = SynthConfig(strategies=tuple(args.strategies.split(","))) if args.strategies else SynthConfig()
+    synth = SynthConfig(budget=args.budget)
+    if args.strategies:
+        synth = SynthConfig(strategies=tuple(args.strategies.split(",")), budget=args.budget)
     config = LearnConfig(base=args.base, synth=synth, train=TrainConfig(epochs=args.epochs))
 
     memory_ref = naive_ref = None
