@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> dict:
             from inweights.api import load_memory
 
             loaded = load_memory(version.ref, base=base, workspace=workspace)
+            t = time.perf_counter()
             try:
                 answers = answer_short(loaded.model, base.tokenizer, base.stop_token_ids, questions,
                                        [None] * len(questions))
@@ -154,6 +155,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         base.stop_token_ids, progress=progress)
             finally:
                 loaded.close()
+            eval_s = time.perf_counter() - t
             scores = score(questions, answers)
             deltas = compare(results["base"]["general"], general)
             m = version.manifest
@@ -168,7 +170,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "synthetic_examples": m["synthetic"]["examples"], "synthetic_pool": m["synthetic"].get("pool"),
                 "synthetic_tokens": m["synthetic"]["tokens"], "trained_tokens": m["training"]["tokens"],
                 "epochs": m["config"]["train"]["epochs"], "lr": m["config"]["train"]["lr"],
-                "train_s": m["training"]["seconds"], "learn_s": learn_s,
+                "train_s": m["training"]["seconds"], "learn_s": learn_s, "eval_s": eval_s,
                 "trainable_parameters": m["training"].get("trainable_parameters"),
                 "predictions": answers[:20],
             }
