@@ -277,8 +277,9 @@ def plot(results: dict, out: Path) -> None:
     fig.savefig(out / "plane.png", dpi=120)
     plt.close(fig)
 
-    curve = sorted((p["synthetic_tokens"], 100 * p["scores"]["em"], p["wikitext_ppl_pct"]) for p in points.values()
-                   if p["method"] == "lora" and p["objective"] == "sft" and p["guard"] and p["strategy"] == "selfstudy")
+    curve = sorted((p["synthetic_tokens"], 100 * p["scores"]["em"], p["wikitext_ppl_pct"]) for name, p in points.items()
+                   if p["method"] == "lora" and p["objective"] == "sft" and p["guard"] and p["strategy"] == "selfstudy"
+                   and _parse(name).lr is None)
     if curve:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         ax.plot([c[0] for c in curve], [c[1] for c in curve], "o-", label="closed-book EM")

@@ -1,0 +1,28 @@
+"""The plane benchmark's point names: every point it runs can be named on the command line and read back."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location("plane", Path(__file__).parents[1] / "benchmarks" / "plane.py")
+plane = sys.modules["plane"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
+_spec.loader.exec_module(plane)
+
+
+@pytest.mark.parametrize("point", plane.default_points([750, 1500, 6000, 12000], 6000)
+                         + [plane.Point("lora", "sft", True, "cloze", None, 1e-4),
+                            plane.Point("memory_layer", "distill", False, "selfstudy", 1500, 0.1),
+                            plane.Point("full", "sft", True, "cloze", None, 1e-05)])
+def test_point_names_round_trip(point):
+    assert plane._parse(point.name) == point
+
+
+def test_memory_names_are_valid_for_every_point():
+    from inweights.store import validate_name
+
+    for point in [plane.Point("full", "sft", True, "cloze", None, 1e-05), plane.Point("lora", "sft", True, "x", 5)]:
+        validate_name(plane._memory_name(point))  # raises on '.', '+' and the like
