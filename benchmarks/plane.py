@@ -6,17 +6,17 @@ passages' questions closed-book, and runs the forgetting suite (ARC-Easy, PIQA, 
 The base model is scored once closed-book and with the passage in context, which fixes the gap a memory should
 recover: recovered = (EM_memory - EM_closed) / (EM_in_context - EM_closed).
 
-Points run in the order listed (the ones that decide the default first) and each is written to
+Points run in the order listed and each is written to
 `plane.json` as soon as it is done, so an interrupted run resumes where it stopped; `--points` picks a subset.
 Outputs in benchmarks/results/plane/: plane.json (every number, with versions and settings), plane.md (table),
-plane.png (learning vs forgetting), scaling.png (exact match vs synthetic tokens for the default recipe).
+plane.png (learning vs forgetting), scaling.png (exact match vs synthetic tokens, LoRA + selfstudy).
 
 Run as:
     python benchmarks/plane.py                                   # embedded gemma-3-270m, 8 passages, all points
     python benchmarks/plane.py --report-only                     # plane.md and plots from plane.json
     python benchmarks/plane.py --points lora-sft-guard-selfstudy-6000,full-sft-guard-selfstudy-6000
     python benchmarks/plane.py --points lora-sft-guard-cloze-all-lr0.0001    # a learning rate of its own
-    python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --out /tmp/plane  # smoke
+    python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --low-budget 100 --out /tmp/plane  # smoke
 """
 
 from __future__ import annotations
@@ -49,17 +49,17 @@ class Point:
                 f"{self.budget or 'all'}" + (f"-lr{self.lr:g}" if self.lr is not None else ""))
 
 
-def default_points(budgets: list[int], ref: int) -> list[Point]:
-    """Most informative first: learn's old default, the selfstudy recipe at the reference budget, one lever at
-    a time against it (objective, method), the smaller budgets (scaling curve), the remaining methods, the guard
-    off, and the larger budgets last (they cost the most)."""
-    points = [Point("lora", "sft", True, "cloze", None), Point("lora", "sft", True, "selfstudy", ref),
-              Point("lora", "distill", True, "selfstudy", ref), Point("full", "sft", True, "selfstudy", ref),
-              Point("memory_layer", "sft", True, "selfstudy", ref)]
-    points += [Point("lora", "sft", True, "selfstudy", b) for b in sorted(budgets, reverse=True) if b < ref]
-    points += [Point(m, "sft", True, "selfstudy", ref) for m in ("cartridge", "tinylora")]
-    points += [Point("lora", "sft", False, "selfstudy", ref)]
-    points += [Point("lora", "sft", True, "selfstudy", b) for b in budgets if b > ref]
+def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
+    """Every point of the committed plane: learn's cloze data with LoRA and full fine-tuning; every method x
+    objective with selfstudy data at two budgets (`ref` and `low`); LoRA's scaling curve over `budgets`; the
+    guard off; and three learning rates other than the method's default. Cheapest first within each group."""
+    methods = ("lora", "full", "memory_layer", "cartridge", "tinylora")
+    points = [Point(m, "sft", True, "cloze", None) for m in ("lora", "full")]
+    points += [Point(m, o, True, "selfstudy", b) for b in (low, ref) for o in ("sft", "distill") for m in methods]
+    points += [Point("lora", "sft", True, "selfstudy", b) for b in sorted(budgets)]
+    points += [Point("lora", "sft", False, "cloze", None), Point("lora", "sft", False, "selfstudy", ref)]
+    points += [Point("lora", "sft", True, "cloze", None, 1e-4), Point("full", "sft", True, "cloze", None, 1e-5),
+               Point("memory_layer", "sft", True, "selfstudy", ref, 0.1)]
     return list(dict.fromkeys(points))
 
 
@@ -68,6 +68,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--passages", type=int, default=8, help="first N SQuAD dev passages (all their questions)")
     parser.add_argument("--budgets", default="750,1500,3000,6000,12000", help="synthetic-token budgets")
     parser.add_argument("--reference-budget", type=int, default=6000, help="budget of the method/objective points")
+    parser.add_argument("--low-budget", type=int, default=1500, help="their second, smaller budget")
     parser.add_argument("--points", default=None, help="comma-separated point names (default: the standard list)")
     parser.add_argument("--general-limit", type=int, default=50, help="items of each general task")
     parser.add_argument("--base", default=None, help="base model (default: the embedded gemma-3-270m)")
@@ -92,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     progress = not args.no_progress
     budgets = [int(b) for b in args.budgets.split(",")]
-    points = default_points(budgets, args.reference_budget)
+    points = default_points(budgets, args.reference_budget, args.low_budget)
     if args.points:
         wanted = args.points.split(",")
         known = {p.name: p for p in points}

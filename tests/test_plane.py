@@ -13,7 +13,7 @@ plane = sys.modules["plane"] = importlib.util.module_from_spec(_spec)  # datacla
 _spec.loader.exec_module(plane)
 
 
-@pytest.mark.parametrize("point", plane.default_points([750, 1500, 6000, 12000], 6000)
+@pytest.mark.parametrize("point", plane.default_points([750, 1500, 6000, 12000], 6000, 1500)
                          + [plane.Point("lora", "sft", True, "cloze", None, 1e-4),
                             plane.Point("memory_layer", "distill", False, "selfstudy", 1500, 0.1),
                             plane.Point("full", "sft", True, "cloze", None, 1e-05)])
