@@ -230,7 +230,14 @@ def markdown(results: dict) -> str:
              f"{100 * b['in_context']['em']:.1f}, WikiText-2 ppl {b['general']['wikitext2']['ppl']:.2f}.", "",
              "| point | synthetic tokens | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | "
              "TriviaQA | WikiText-2 ppl | learn time |", "|" + "---|" * 12]
-    for name, p in results["points"].items():
+    order = ("lora", "full", "memory_layer", "cartridge", "tinylora")
+
+    def key(item):  # cloze first, then by budget; within a budget sft before distill, methods in a fixed order
+        name, p = item
+        return (p["strategy"] != "cloze", p["budget"] or 0, p["objective"] != "sft",
+                order.index(p["method"]) if p["method"] in order else len(order), not p["guard"], name)
+
+    for name, p in sorted(results["points"].items(), key=key):
         d = p["general_deltas"]
 
         def pts(task, key="acc_points"):
