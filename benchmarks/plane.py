@@ -279,6 +279,8 @@ def plot(results: dict, out: Path) -> None:
         ax.set_xlabel(label)
         ax.set_ylabel("closed-book EM gain over the base (points)")
         ax.grid(alpha=0.3)
+    axes[0].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in colors.items()],
+                   fontsize=8, loc="upper left")
     axes[0].set_title("dashed: in-context; dotted: 75% of the gap (target)")
     axes[1].set_title("circle: sft, square: distill; hollow: no guard; size: train time")
     fig.tight_layout()
