@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     exclude = [q.question for q in questions]
     synth = SynthConfig(budget=args.budget)
     if args.strategies:
-        synth = SynthConfig(strategies=tuple(args.strategies.split(",")), budget=args.budget)
+        synth = replace(synth, strategies=tuple(args.strategies.split(",")))
     config = LearnConfig(base=args.base, synth=synth, train=TrainConfig(epochs=args.epochs))
 
     memory_ref = naive_ref = None

@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> dict:
         plot(results, args.out)
         return results
 
+    from inweights.api import load_memory
     from inweights.config import LearnConfig, SynthConfig, TrainConfig
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
@@ -145,8 +146,6 @@ def main(argv: list[str] | None = None) -> dict:
             t = time.perf_counter()
             version = learn_point(folder, point, config, base, workspace, exclude, progress)
             learn_s = time.perf_counter() - t
-            from inweights.api import load_memory
-
             loaded = load_memory(version.ref, base=base, workspace=workspace)
             t = time.perf_counter()
             try:

@@ -7,6 +7,7 @@ PEFT-wrapped one. Put the model in eval mode first; they do not change its mode.
 
 from __future__ import annotations
 
+import copy
 import re
 import string
 from collections import Counter
@@ -182,8 +183,6 @@ def _score_batch(model, batch, pad: int, device, cache=None, offset: int = 0) ->
     keep = torch.arange(lo, hi)
     extra = {}
     if cache is not None:
-        import copy
-
         past = copy.deepcopy(cache)
         past.batch_repeat_interleave(len(batch))
         mask = torch.cat([torch.ones(len(batch), offset, dtype=mask.dtype), mask], dim=1)
