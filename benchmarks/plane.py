@@ -16,6 +16,8 @@ Run as:
     python benchmarks/plane.py --report-only                     # plane.md and plots from plane.json
     python benchmarks/plane.py --points lora-sft-guard-selfstudy-6000,full-sft-guard-selfstudy-6000
     python benchmarks/plane.py --points lora-sft-guard-cloze-all-lr0.0001    # a learning rate of its own
+    python benchmarks/plane.py --points full-sft-guard-cloze-all-rf0.5-rs256  # the guard: replay fraction, samples
+    python benchmarks/plane.py --points full-sft-guard-cloze-all-fs10        # 10 answer spans per sentence, not 2
     python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --low-budget 100 --out /tmp/plane  # smoke
 """
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -42,11 +45,32 @@ class Point:
     strategy: str
     budget: int | None
     lr: float | None = None  # None: the method's default
+    replay: float | None = None  # the guard's replay fraction; None: TrainConfig's default
+    replay_sequences: int | None = None  # general-text samples the guard draws from; None: TrainConfig's default
+    facts: int | None = None  # answer spans taken per sentence (SynthConfig.facts_per_sentence); None: its default
 
     @property
     def name(self) -> str:
+        knobs = {"lr": self.lr, "rf": self.replay, "rs": self.replay_sequences, "fs": self.facts}
         return (f"{self.method}-{self.objective}-{'guard' if self.guard else 'noguard'}-{self.strategy}-"
-                f"{self.budget or 'all'}" + (f"-lr{self.lr:g}" if self.lr is not None else ""))
+                f"{self.budget or 'all'}" + "".join(f"-{k}{v:g}" for k, v in knobs.items() if v is not None))
+
+    def synth_config(self):
+        """The SynthConfig of this point."""
+        from inweights.config import SynthConfig
+
+        facts = {"facts_per_sentence": self.facts} if self.facts is not None else {}
+        return SynthConfig(strategies=(self.strategy,), budget=self.budget, **facts)
+
+    def train_config(self):
+        """The TrainConfig of this point (guard off: no replay)."""
+        from inweights.config import TrainConfig
+
+        guard = {"replay_fraction": self.replay if self.replay is not None else TrainConfig.replay_fraction}
+        if self.replay_sequences is not None:
+            guard["replay_sequences"] = self.replay_sequences
+        return TrainConfig(method=self.method, objective=self.objective, lr=self.lr,
+                           **(guard if self.guard else {"replay_fraction": 0.0}))
 
 
 def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
@@ -84,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
         return results
 
     from inweights.api import load_memory
-    from inweights.config import LearnConfig, SynthConfig, TrainConfig
+    from inweights.config import LearnConfig
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
@@ -140,9 +164,8 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             print(f"--- {point.name}", flush=True)
             config = LearnConfig(base=args.base or DEFAULT_BASE,
-                                 synth=SynthConfig(strategies=(point.strategy,), budget=point.budget),
-                                 train=TrainConfig(method=point.method, objective=point.objective,
-                                                   replay_fraction=0.2 if point.guard else 0.0, lr=point.lr))
+                                 synth=point.synth_config(),
+                                 train=point.train_config())
             t = time.perf_counter()
             version = learn_point(folder, point, config, base, workspace, exclude, progress)
             learn_s = time.perf_counter() - t
@@ -171,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "synthetic_tokens": m["synthetic"]["tokens"], "trained_tokens": m["training"]["tokens"],
                 "epochs": m["config"]["train"]["epochs"], "lr": m["config"]["train"]["lr"],
                 "train_s": m["training"]["seconds"], "learn_s": learn_s, "eval_s": eval_s,
+                "final_loss": m["training"].get("final_loss"), "loss_curve": m["training"].get("loss_curve"),
                 "trainable_parameters": m["training"].get("trainable_parameters"),
                 "predictions": answers[:20],
             }
@@ -198,10 +222,15 @@ def _memory_name(point: Point) -> str:
 
 
 def _parse(name: str) -> Point:
-    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX]."""
+    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX][-rfX][-rsN][-fsN]."""
     method, objective, guard, strategy, budget, *rest = name.split("-", 5)
-    lr = float(rest[0].removeprefix("lr")) if rest else None
-    return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget), lr)
+    knobs = dict(re.findall(r"(lr|rf|rs|fs)(.+?)(?=-(?:lr|rf|rs|fs)|$)", rest[0])) if rest else {}
+    if rest and "".join(f"-{k}{v}" for k, v in knobs.items()) != "-" + rest[0]:
+        raise SystemExit(f"cannot read point {name!r}: after the budget come -lrX (learning rate), -rfX (replay "
+                         "fraction), -rsN (replay samples), -fsN (facts per sentence)")
+    number = {k: (float if k in ("lr", "rf") else int)(v) for k, v in knobs.items()}
+    return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget),
+                 number.get("lr"), number.get("rf"), number.get("rs"), number.get("fs"))
 
 
 def _remove(path: Path) -> None:
@@ -288,7 +317,7 @@ def plot(results: dict, out: Path) -> None:
 
     curve = sorted((p["synthetic_tokens"], 100 * p["scores"]["em"], p["wikitext_ppl_pct"]) for name, p in points.items()
                    if p["method"] == "lora" and p["objective"] == "sft" and p["guard"] and p["strategy"] == "selfstudy"
-                   and _parse(name).lr is None)
+                   and _parse(name) == Point("lora", "sft", True, "selfstudy", _parse(name).budget))
     if curve:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         ax.plot([c[0] for c in curve], [c[1] for c in curve], "o-", label="closed-book EM")

@@ -16,7 +16,10 @@ _spec.loader.exec_module(plane)
 @pytest.mark.parametrize("point", plane.default_points([750, 1500, 6000, 12000], 6000, 1500)
                          + [plane.Point("lora", "sft", True, "cloze", None, 1e-4),
                             plane.Point("memory_layer", "distill", False, "selfstudy", 1500, 0.1),
-                            plane.Point("full", "sft", True, "cloze", None, 1e-05)])
+                            plane.Point("full", "sft", True, "cloze", None, 1e-05),
+                            plane.Point("full", "sft", True, "cloze", None, None, 0.5, 256),
+                            plane.Point("lora", "distill", True, "selfstudy", 6000, 2e-05, 0.35, None),
+                            plane.Point("full", "sft", True, "cloze", None, 1e-05, None, None, 10)])
 def test_point_names_round_trip(point):
     assert plane._parse(point.name) == point
 
@@ -26,3 +29,12 @@ def test_memory_names_are_valid_for_every_point():
 
     for point in [plane.Point("full", "sft", True, "cloze", None, 1e-05), plane.Point("lora", "sft", True, "x", 5)]:
         validate_name(plane._memory_name(point))  # raises on '.', '+' and the like
+
+
+def test_guard_knobs_reach_the_train_config():
+    assert plane.Point("lora", "sft", True, "cloze", None, None, 0.5, 256).train_config().replay_sequences == 256
+    assert plane.Point("lora", "sft", True, "cloze", None, None, 0.5).train_config().replay_fraction == 0.5
+    assert plane.Point("lora", "sft", False, "cloze", None, None, 0.5).train_config().replay_fraction == 0.0
+    assert plane.Point("lora", "sft", True, "cloze", None, facts=10).synth_config().facts_per_sentence == 10
+    with pytest.raises(SystemExit):
+        plane._parse("lora-sft-guard-cloze-all-xx3")
