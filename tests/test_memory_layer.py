@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 
 import inweights.methods as methods
 from inweights import LearnConfig, SynthConfig, TrainConfig, Workspace, ask, learn
-from inweights.methods.memory_layer import MemoryLayer, MemoryMLP, _scored
+from inweights.methods.memory_layer import MemoryLayer, MemoryMLP, SparseMemory, _scored
 from inweights.models import load_base
 from inweights.train import completion_loss, tokenize_example, train
 
@@ -80,6 +80,26 @@ def test_prepare_picks_rows_the_training_data_reads_and_general_text_does_not(me
         assert set(wrapper(model).memory.row_index.tolist()) & general
     finally:
         method.detach(model)
+
+
+def test_standardised_queries_spread_states_that_share_a_dominant_direction():
+    """Mid-layer states share an offset and have a few high-variance dimensions: raw, they all read the same
+    rows; standardised on their own mean and spread, different states read different rows."""
+    torch.manual_seed(0)
+    x = torch.randn(64, 32) * 0.1
+    x[:, 0] += 20.0  # a common direction
+    x[:, 1] *= 100.0  # one dimension that varies far more than the rest
+
+    def shared(memory):  # mean number of rows two states read in common, of topk
+        rows = [set(r.tolist()) for r in memory.lookup(x)[0]]
+        return sum(len(a & b) for i, a in enumerate(rows) for b in rows[i + 1:]) / (len(rows) * (len(rows) - 1) / 2)
+
+    memory = SparseMemory(hidden=32, slots=1024, topk=8, n_rows=8)
+    raw = shared(memory)
+    memory.standardise(x.mean(0), x.std(0))
+    assert shared(memory) < raw / 3
+    memory.standardise(x.mean(0), x.std(0))  # again: the same projection, not rescaled twice
+    assert shared(memory) < raw / 3
 
 
 def test_training_rows_count_reads_where_the_loss_is():

@@ -9,9 +9,13 @@ slots for 2 x sqrt(slots) comparisons, where a flat lookup over 65k keys costs ~
 slots degrades to the flat lookup).
 
 - Values start at zero: attached, the memory is exactly a no-op. No gate (on zero values it gets no gradient).
-- Mid-layer states share a large common direction that would send every token to the same hub rows, so
-  `prepare` first centres the queries on the mean query of the replay text (of the training text without
-  replay): on gemma-3-270m the rows two unrelated sentences share fell from ~100 to ~10 of ~500.
+- Mid-layer states share a large common direction, and a few of their dimensions vary ten times more than the
+  median one; a random projection of raw states sends every token to the same hub rows. So `prepare` first
+  standardises the memory's input (each dimension centred and scaled by its mean and standard deviation over
+  the positions the loss scores), folded into the query projection and centre. On gemma-3-270m and learn's
+  cloze data for 8 SQuAD passages (146 questions), the answer positions read 1,793 distinct rows instead of 540
+  when the queries were only centred on general text (one row was read by 137 of the 146 questions; now by
+  56), and general-text reads landing on the trained rows fell from 2.6% to 0.3%.
 - `prepare` then ranks rows by TF-IDF, once for the run (Lin et al. do it per batch): tf = reads at the
   positions the loss scores (reads at prompt positions are mostly the shared template; counting them trained
   rows that 19% instead of 6% of general-text reads land on), idf = ln((1+N)/(1+df)) over the N replay
@@ -62,7 +66,8 @@ class SparseMemory(nn.Module):
         self.register_buffer("query", torch.randn(hidden, 2 * half, generator=g) / math.sqrt(hidden))
         self.register_buffer("keys_a", F.normalize(torch.randn(self.n_a, half, generator=g), dim=-1))
         self.register_buffer("keys_b", F.normalize(torch.randn(self.n_b, half, generator=g), dim=-1))
-        self.register_buffer("center", torch.zeros(2 * half))  # mean query of general text, set by `prepare`
+        self.register_buffer("center", torch.zeros(2 * half))  # the mean query, set by `prepare`
+        self.raw_query = self.query.clone()  # `standardise` rescales this, so that it can run again
         self.rows = nn.Parameter(torch.zeros(min(n_rows, slots), hidden))
         self.register_buffer("row_index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("slot_row", torch.zeros(0, dtype=torch.long))
@@ -74,6 +79,14 @@ class SparseMemory(nn.Module):
         self.row_index = row_index.to(device=device, dtype=torch.long)
         self.slot_row = torch.full((self.slots,), len(row_index), dtype=torch.long, device=device)
         self.slot_row[self.row_index] = torch.arange(len(row_index), device=device)
+
+    @torch.no_grad()
+    def standardise(self, mean: torch.Tensor, std: torch.Tensor) -> None:
+        """Read (x - mean) / std instead of x: each input dimension centred and scaled before the projection."""
+        std = std.clamp_min(1e-2 * float(std.median()) + 1e-8)  # a constant dimension must not blow up
+        raw = self.raw_query.to(self.query)
+        self.query.copy_(raw / std.to(raw)[:, None])
+        self.center.copy_((mean.to(raw) / std.to(raw)) @ raw)
 
     def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Slots read by each position of x (..., hidden): indices and softmax weights, both (..., topk)."""
@@ -174,16 +187,20 @@ class MemoryLayer:
 
     @torch.no_grad()
     def prepare(self, model, items, replay, batch_tokens: int = 4096) -> None:
-        """Centre the queries on general text, then make trainable the rows that training tokens read most,
-        discounted by how often general-text tokens read them (TF-IDF)."""
+        """Standardise the memory's input on the states the loss scores, then make trainable the rows that
+        training tokens read most, discounted by how often general-text tokens read them (TF-IDF)."""
         memory = _wrapper(model).memory
         train_ids, replay_ids = [row[0] for row in items], [row[0] for row in replay]
-        total, n = torch.zeros(memory.query.shape[1], dtype=torch.float64), 0
-        for x, mask in _states(model, replay_ids or train_ids, batch_tokens):
-            total += (x[mask].float() @ memory.query).sum(0).double().cpu()
-            n += int(mask.sum())
-        memory.center.copy_((total / max(n, 1)).to(memory.center))
-        score = self.read_counts(model, train_ids, batch_tokens, positions=[_scored(row) for row in items]).double()
+        scored = [_scored(row) for row in items]
+        total = torch.zeros(2, memory.hidden, dtype=torch.float64)
+        n = 0
+        for x, mask in _states(model, train_ids, batch_tokens, positions=scored):
+            v = x[mask].double().cpu()
+            total += torch.stack([v.sum(0), (v * v).sum(0)])
+            n += len(v)
+        mean = total[0] / max(n, 1)
+        memory.standardise(mean, (total[1] / max(n, 1) - mean * mean).clamp_min(0).sqrt())
+        score = self.read_counts(model, train_ids, batch_tokens, positions=scored).double()
         if replay_ids:  # idf over replay sequences as documents: rows every general text reads score 0
             df = self.read_counts(model, replay_ids, batch_tokens, per_sequence=True).double()
             score = score * torch.log((1.0 + len(replay_ids)) / (1.0 + df))
