@@ -18,6 +18,7 @@ Run as:
     python benchmarks/plane.py --points lora-sft-guard-cloze-all-lr0.0001    # a learning rate of its own
     python benchmarks/plane.py --points full-sft-guard-cloze-all-rf0.5-rs256  # the guard: replay fraction, samples
     python benchmarks/plane.py --points full-sft-guard-cloze-all-fs10        # 10 answer spans per sentence, not 2
+    python benchmarks/plane.py --skip-passages 8 --out benchmarks/results/plane_check --points ...  # passages 9-16
     python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --low-budget 100 --out /tmp/plane  # smoke
 """
 
@@ -48,10 +49,11 @@ class Point:
     replay: float | None = None  # the guard's replay fraction; None: TrainConfig's default
     replay_sequences: int | None = None  # general-text samples the guard draws from; None: TrainConfig's default
     facts: int | None = None  # answer spans taken per sentence (SynthConfig.facts_per_sentence); None: its default
+    rows: int | None = None  # memory_layer: trainable rows (TrainConfig.memory_trainable_rows); None: its default
 
     @property
     def name(self) -> str:
-        knobs = {"lr": self.lr, "rf": self.replay, "rs": self.replay_sequences, "fs": self.facts}
+        knobs = {"lr": self.lr, "rf": self.replay, "rs": self.replay_sequences, "fs": self.facts, "mr": self.rows}
         return (f"{self.method}-{self.objective}-{'guard' if self.guard else 'noguard'}-{self.strategy}-"
                 f"{self.budget or 'all'}" + "".join(f"-{k}{v:g}" for k, v in knobs.items() if v is not None))
 
@@ -69,8 +71,9 @@ class Point:
         guard = {"replay_fraction": self.replay if self.replay is not None else TrainConfig.replay_fraction}
         if self.replay_sequences is not None:
             guard["replay_sequences"] = self.replay_sequences
+        rows = {"memory_trainable_rows": self.rows} if self.rows is not None else {}
         return TrainConfig(method=self.method, objective=self.objective, lr=self.lr,
-                           **(guard if self.guard else {"replay_fraction": 0.0}))
+                           **(guard if self.guard else {"replay_fraction": 0.0}), **rows)
 
 
 def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
@@ -90,6 +93,8 @@ def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passages", type=int, default=8, help="first N SQuAD dev passages (all their questions)")
+    parser.add_argument("--skip-passages", type=int, default=0,
+                        help="start after this many passages (a second, held-out set to check a choice made on the first)")
     parser.add_argument("--budgets", default="750,1500,3000,6000,12000", help="synthetic-token budgets")
     parser.add_argument("--reference-budget", type=int, default=6000, help="budget of the method/objective points")
     parser.add_argument("--low-budget", type=int, default=1500, help="their second, smaller budget")
@@ -123,7 +128,10 @@ def main(argv: list[str] | None = None) -> dict:
         wanted = args.points.split(",")
         known = {p.name: p for p in points}
         points = [known.get(n) or _parse(n) for n in wanted]
-    documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.passages)
+    documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.skip_passages + args.passages)
+    skipped = set(list(documents)[: args.skip_passages])
+    documents = {k: v for k, v in documents.items() if k not in skipped}
+    questions = [q for q in questions if q.doc not in skipped]
     base = load_base(args.base or DEFAULT_BASE)
     n = args.general_limit
     limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n, wikitext_tokens=1024)
@@ -132,6 +140,8 @@ def main(argv: list[str] | None = None) -> dict:
     results_path = out / "plane.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     settings = {"passages": args.passages, "questions": len(questions), "general_limit": n, "base": base.name}
+    if args.skip_passages:
+        settings["skip_passages"] = args.skip_passages
     if results.get("settings", settings) != settings:
         raise SystemExit(f"{results_path} was made with {results['settings']}; use another --out")
     results["settings"] = settings
@@ -222,15 +232,15 @@ def _memory_name(point: Point) -> str:
 
 
 def _parse(name: str) -> Point:
-    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX][-rfX][-rsN][-fsN]."""
+    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX][-rfX][-rsN][-fsN][-mrN]."""
     method, objective, guard, strategy, budget, *rest = name.split("-", 5)
-    knobs = dict(re.findall(r"(lr|rf|rs|fs)(.+?)(?=-(?:lr|rf|rs|fs)|$)", rest[0])) if rest else {}
+    knobs = dict(re.findall(r"(lr|rf|rs|fs|mr)(.+?)(?=-(?:lr|rf|rs|fs|mr)|$)", rest[0])) if rest else {}
     if rest and "".join(f"-{k}{v}" for k, v in knobs.items()) != "-" + rest[0]:
         raise SystemExit(f"cannot read point {name!r}: after the budget come -lrX (learning rate), -rfX (replay "
-                         "fraction), -rsN (replay samples), -fsN (facts per sentence)")
+                         "fraction), -rsN (replay samples), -fsN (facts per sentence), -mrN (memory rows trained)")
     number = {k: (float if k in ("lr", "rf") else int)(v) for k, v in knobs.items()}
     return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget),
-                 number.get("lr"), number.get("rf"), number.get("rs"), number.get("fs"))
+                 number.get("lr"), number.get("rf"), number.get("rs"), number.get("fs"), number.get("mr"))
 
 
 def _remove(path: Path) -> None:
@@ -252,11 +262,24 @@ def _versions() -> dict:
 def markdown(results: dict) -> str:
     b = results["base"]
     s = results["settings"]
-    lines = [f"# Learning/forgetting plane ({s['base']}, SQuAD dev: {s['passages']} passages, {s['questions']} "
+    where = f"passages {s['skip_passages'] + 1}-{s['skip_passages'] + s['passages']}" if s.get("skip_passages") \
+        else f"{s['passages']} passages"
+    lines = [f"# Learning/forgetting plane ({s['base']}, SQuAD dev: {where}, {s['questions']} "
              f"questions; general tasks: first {s['general_limit']} items each)", "",
              f"Base model: closed-book EM {100 * b['closed_book']['em']:.1f}, in-context EM "
-             f"{100 * b['in_context']['em']:.1f}, WikiText-2 ppl {b['general']['wikitext2']['ppl']:.2f}.", "",
-             "| point | synthetic tokens | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | "
+             f"{100 * b['in_context']['em']:.1f}, WikiText-2 ppl {b['general']['wikitext2']['ppl']:.2f}.", ""]
+    lines += _table(results["points"])
+    lines += ["", "Targets (issue #4): gap recovered >= 75%, WikiText-2 ppl within +3%, each general task within 1 "
+              "point. Point names: method-objective-guard-strategy-budget, then where a setting is not the default: "
+              "-lr (learning rate), -rf (the guard's replay fraction, default 0.2), -rs (its general-text samples, "
+              "default 64), -fs (answer spans per sentence, default 2), -mr (memory-layer rows trained, default 2,048)."]
+    for note, points in results.get("superseded", {}).items():
+        lines += ["", f"Superseded: {note}", ""] + _table(points)
+    return "\n".join(lines) + "\n"
+
+
+def _table(points: dict) -> list[str]:
+    lines = ["| point | synthetic tokens | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | "
              "TriviaQA | WikiText-2 ppl | learn time |", "|" + "---|" * 12]
     order = ("lora", "full", "memory_layer", "cartridge", "tinylora")
 
@@ -265,7 +288,7 @@ def markdown(results: dict) -> str:
         return (p["strategy"] != "cloze", p["budget"] or 0, p["objective"] != "sft",
                 order.index(p["method"]) if p["method"] in order else len(order), not p["guard"], name)
 
-    for name, p in sorted(results["points"].items(), key=key):
+    for name, p in sorted(points.items(), key=key):
         d = p["general_deltas"]
 
         def pts(task, key="acc_points"):
@@ -275,9 +298,7 @@ def markdown(results: dict) -> str:
                      f"{100 * p['scores']['f1']:.1f} | {100 * p['gap_recovered']:.0f}% | "
                      f"{p['general_mean_points']:+.1f} | {pts('arc_easy')} | {pts('piqa')} | {pts('boolq')} | "
                      f"{pts('triviaqa', 'match_points')} | {p['wikitext_ppl_pct']:+.1f}% | {p['learn_s']:.0f} s |")
-    lines += ["", "Targets (issue #4): gap recovered >= 75%, WikiText-2 ppl within +3%, each general task within 1 "
-              "point. Point names: method-objective-guard-strategy-budget[-lr, when not the method's default]."]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def plot(results: dict, out: Path) -> None:
