@@ -50,10 +50,12 @@ class Point:
     replay_sequences: int | None = None  # general-text samples the guard draws from; None: TrainConfig's default
     facts: int | None = None  # answer spans taken per sentence (SynthConfig.facts_per_sentence); None: its default
     rows: int | None = None  # memory_layer: trainable rows (TrainConfig.memory_trainable_rows); None: its default
+    topk: int | None = None  # memory_layer: rows each token reads (TrainConfig.memory_topk); None: its default
 
     @property
     def name(self) -> str:
-        knobs = {"lr": self.lr, "rf": self.replay, "rs": self.replay_sequences, "fs": self.facts, "mr": self.rows}
+        knobs = {"lr": self.lr, "rf": self.replay, "rs": self.replay_sequences, "fs": self.facts, "mr": self.rows,
+                 "mk": self.topk}
         return (f"{self.method}-{self.objective}-{'guard' if self.guard else 'noguard'}-{self.strategy}-"
                 f"{self.budget or 'all'}" + "".join(f"-{k}{v:g}" for k, v in knobs.items() if v is not None))
 
@@ -72,6 +74,7 @@ class Point:
         if self.replay_sequences is not None:
             guard["replay_sequences"] = self.replay_sequences
         rows = {"memory_trainable_rows": self.rows} if self.rows is not None else {}
+        rows |= {"memory_topk": self.topk} if self.topk is not None else {}
         return TrainConfig(method=self.method, objective=self.objective, lr=self.lr,
                            **(guard if self.guard else {"replay_fraction": 0.0}), **rows)
 
@@ -232,15 +235,17 @@ def _memory_name(point: Point) -> str:
 
 
 def _parse(name: str) -> Point:
-    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX][-rfX][-rsN][-fsN][-mrN]."""
+    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX][-rfX][-rsN][-fsN][-mrN][-mkN]."""
     method, objective, guard, strategy, budget, *rest = name.split("-", 5)
-    knobs = dict(re.findall(r"(lr|rf|rs|fs|mr)(.+?)(?=-(?:lr|rf|rs|fs|mr)|$)", rest[0])) if rest else {}
+    knobs = dict(re.findall(r"(lr|rf|rs|fs|mr|mk)(.+?)(?=-(?:lr|rf|rs|fs|mr|mk)|$)", rest[0])) if rest else {}
     if rest and "".join(f"-{k}{v}" for k, v in knobs.items()) != "-" + rest[0]:
         raise SystemExit(f"cannot read point {name!r}: after the budget come -lrX (learning rate), -rfX (replay "
-                         "fraction), -rsN (replay samples), -fsN (facts per sentence), -mrN (memory rows trained)")
+                         "fraction), -rsN (replay samples), -fsN (facts per sentence), -mrN (memory rows trained), "
+                         "-mkN (memory rows read per token)")
     number = {k: (float if k in ("lr", "rf") else int)(v) for k, v in knobs.items()}
     return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget),
-                 number.get("lr"), number.get("rf"), number.get("rs"), number.get("fs"), number.get("mr"))
+                 number.get("lr"), number.get("rf"), number.get("rs"), number.get("fs"), number.get("mr"),
+                 number.get("mk"))
 
 
 def _remove(path: Path) -> None:
@@ -272,7 +277,8 @@ def markdown(results: dict) -> str:
     lines += ["", "Targets (issue #4): gap recovered >= 75%, WikiText-2 ppl within +3%, each general task within 1 "
               "point. Point names: method-objective-guard-strategy-budget, then where a setting is not the default: "
               "-lr (learning rate), -rf (the guard's replay fraction, default 0.2), -rs (its general-text samples, "
-              "default 64), -fs (answer spans per sentence, default 2), -mr (memory-layer rows trained, default 2,048)."]
+              "default 64), -fs (answer spans per sentence, default 2), -mr (memory-layer rows trained, default 2,048), -mk "
+              "(memory-layer rows read per token, default 32)."]
     for note, points in results.get("superseded", {}).items():
         lines += ["", f"Superseded: {note}", ""] + _table(points)
     return "\n".join(lines) + "\n"

@@ -20,7 +20,8 @@ _spec.loader.exec_module(plane)
                             plane.Point("full", "sft", True, "cloze", None, None, 0.5, 256),
                             plane.Point("lora", "distill", True, "selfstudy", 6000, 2e-05, 0.35, None),
                             plane.Point("full", "sft", True, "cloze", None, 1e-05, None, None, 10),
-                            plane.Point("memory_layer", "sft", True, "cloze", None, 0.03, rows=8192)])
+                            plane.Point("memory_layer", "sft", True, "cloze", None, 0.03, rows=8192),
+                            plane.Point("memory_layer", "sft", True, "cloze", None, rows=8192, topk=128)])
 def test_point_names_round_trip(point):
     assert plane._parse(point.name) == point
 
