@@ -80,16 +80,20 @@ class Point:
 
 
 def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
-    """Every point of the committed plane: learn's cloze data with LoRA and full fine-tuning; every method x
-    objective with selfstudy data at two budgets (`ref` and `low`); LoRA's scaling curve over `budgets`; the
-    guard off; and three learning rates other than the method's default. Cheapest first within each group."""
+    """Every point of the committed plane: learn's cloze data with LoRA, full fine-tuning and the memory layer;
+    every method x objective with selfstudy data at two budgets (`ref` and `low`); LoRA's scaling curve over
+    `budgets`; the guard off; and the settings tried beside the defaults (learning rates, a stronger guard, more
+    answer spans, memory-layer sizes). Cheapest first within each group."""
     methods = ("lora", "full", "memory_layer", "cartridge", "tinylora")
     points = [Point(m, "sft", True, "cloze", None) for m in ("lora", "full")]
     points += [Point(m, o, True, "selfstudy", b) for b in (low, ref) for o in ("sft", "distill") for m in methods]
     points += [Point("lora", "sft", True, "selfstudy", b) for b in sorted(budgets)]
     points += [Point("lora", "sft", False, "cloze", None), Point("lora", "sft", False, "selfstudy", ref)]
-    points += [Point("lora", "sft", True, "cloze", None, 1e-4), Point("full", "sft", True, "cloze", None, 1e-5),
-               Point("memory_layer", "sft", True, "selfstudy", ref, 0.1)]
+    points += [Point("lora", "sft", True, "cloze", None, 1e-4), Point("full", "sft", True, "cloze", None, 1e-5)]
+    points += [Point("full", "sft", True, "cloze", None, facts=10),
+               Point("full", "sft", True, "cloze", None, replay=0.5, replay_sequences=256)]
+    memory = [{}, {"lr": 0.03}, {"rows": 8192}, {"rows": 8192, "topk": 128}, {"rows": 8192, "facts": 10}]
+    points += [Point("memory_layer", "sft", True, "cloze", None, **knobs) for knobs in memory]
     return list(dict.fromkeys(points))
 
 
