@@ -323,13 +323,20 @@ def plot(results: dict, out: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     colors = {"lora": "tab:blue", "tinylora": "tab:cyan", "full": "tab:red", "memory_layer": "tab:green",
               "cartridge": "tab:purple"}
+    axis_x = (lambda p: -p["general_mean_points"], lambda p: p["wikitext_ppl_pct"])  # lower is better on both
+
+    def frontier(i, p):  # no other point learned at least as much and forgot less, or learned more and no less
+        return not any(q["gain_points"] >= p["gain_points"] and axis_x[i](q) <= axis_x[i](p)
+                       and (q["gain_points"], -axis_x[i](q)) != (p["gain_points"], -axis_x[i](p)) for q in points.values())
+
     for name, p in points.items():
         marker = "o" if p["objective"] == "sft" else "s"
         face = colors.get(p["method"], "gray") if p["guard"] else "none"
-        for ax, x in zip(axes, (p["general_mean_points"], p["wikitext_ppl_pct"])):
+        for i, (ax, x) in enumerate(zip(axes, (p["general_mean_points"], p["wikitext_ppl_pct"]))):
             ax.scatter([x], [p["gain_points"]], marker=marker, s=30 + p["train_s"] / 5,
                        facecolors=face, edgecolors=colors.get(p["method"], "gray"))
-            ax.annotate(name, (x, p["gain_points"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+            if frontier(i, p):  # naming every point makes an unreadable pile; plane.md has them all
+                ax.annotate(name, (x, p["gain_points"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
     gap = 100 * (results["base"]["in_context"]["em"] - results["base"]["closed_book"]["em"])
     for ax, label in zip(axes, ("general-task change, mean (points; right is better)",
                                 "WikiText-2 perplexity change (%; left is better)")):
@@ -341,7 +348,10 @@ def plot(results: dict, out: Path) -> None:
     axes[0].legend(handles=[plt.Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in colors.items()],
                    fontsize=8, loc="upper left")
     axes[0].set_title("dashed: in-context; dotted: 75% of the gap (target)")
-    axes[1].set_title("circle: sft, square: distill; hollow: no guard; size: train time")
+    axes[1].set_title("circle: sft, square: distill; hollow: no guard; size: train time;\n"
+                      "named: points no other point beats on both axes", fontsize=10)
+    axes[1].set_xscale("symlog", linthresh=10)
+    axes[1].set_xlim(left=-5)
     fig.tight_layout()
     fig.savefig(out / "plane.png", dpi=120)
     plt.close(fig)
