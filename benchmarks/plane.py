@@ -37,6 +37,17 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# A point's settings other than the defaults, each a suffix of its name: suffix -> (Point attribute, type,
+# config section, config field, meaning). Names, parsing, configs and the table's legend all come from here.
+KNOBS = {
+    "lr": ("lr", float, "train", "lr", "learning rate"),
+    "rf": ("replay", float, "train", "replay_fraction", "the guard's replay fraction"),
+    "rs": ("replay_sequences", int, "train", "replay_sequences", "its general-text samples"),
+    "fs": ("facts", int, "synth", "facts_per_sentence", "answer spans per sentence"),
+    "mr": ("rows", int, "train", "memory_trainable_rows", "memory-layer rows trained"),
+    "mk": ("topk", int, "train", "memory_topk", "memory-layer rows read per token"),
+}
+
 
 @dataclass(frozen=True)
 class Point:
@@ -54,29 +65,27 @@ class Point:
 
     @property
     def name(self) -> str:
-        knobs = {"lr": self.lr, "rf": self.replay, "rs": self.replay_sequences, "fs": self.facts, "mr": self.rows,
-                 "mk": self.topk}
         return (f"{self.method}-{self.objective}-{'guard' if self.guard else 'noguard'}-{self.strategy}-"
-                f"{self.budget or 'all'}" + "".join(f"-{k}{v:g}" for k, v in knobs.items() if v is not None))
+                f"{self.budget or 'all'}" + "".join(f"-{k}{getattr(self, attr):g}" for k, (attr, *_) in KNOBS.items()
+                                                    if getattr(self, attr) is not None))
+
+    def _fields(self, section: str) -> dict:
+        """The config fields this point sets in `section` ("train" or "synth")."""
+        return {field: getattr(self, attr) for attr, _, where, field, _ in KNOBS.values()
+                if where == section and getattr(self, attr) is not None}
 
     def synth_config(self):
         """The SynthConfig of this point."""
         from inweights.config import SynthConfig
 
-        facts = {"facts_per_sentence": self.facts} if self.facts is not None else {}
-        return SynthConfig(strategies=(self.strategy,), budget=self.budget, **facts)
+        return SynthConfig(strategies=(self.strategy,), budget=self.budget, **self._fields("synth"))
 
     def train_config(self):
         """The TrainConfig of this point (guard off: no replay)."""
         from inweights.config import TrainConfig
 
-        guard = {"replay_fraction": self.replay if self.replay is not None else TrainConfig.replay_fraction}
-        if self.replay_sequences is not None:
-            guard["replay_sequences"] = self.replay_sequences
-        rows = {"memory_trainable_rows": self.rows} if self.rows is not None else {}
-        rows |= {"memory_topk": self.topk} if self.topk is not None else {}
-        return TrainConfig(method=self.method, objective=self.objective, lr=self.lr,
-                           **(guard if self.guard else {"replay_fraction": 0.0}), **rows)
+        return TrainConfig(method=self.method, objective=self.objective,
+                           **(self._fields("train") | ({} if self.guard else {"replay_fraction": 0.0})))
 
 
 def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
@@ -239,17 +248,26 @@ def _memory_name(point: Point) -> str:
 
 
 def _parse(name: str) -> Point:
-    """The inverse of Point.name: method-objective-guard-strategy-budget[-lrX][-rfX][-rsN][-fsN][-mrN][-mkN]."""
+    """The inverse of Point.name: method-objective-guard-strategy-budget, then suffixes from KNOBS."""
     method, objective, guard, strategy, budget, *rest = name.split("-", 5)
-    knobs = dict(re.findall(r"(lr|rf|rs|fs|mr|mk)(.+?)(?=-(?:lr|rf|rs|fs|mr|mk)|$)", rest[0])) if rest else {}
+    keys = "|".join(KNOBS)
+    knobs = dict(re.findall(rf"({keys})(.+?)(?=-(?:{keys})|$)", rest[0])) if rest else {}
     if rest and "".join(f"-{k}{v}" for k, v in knobs.items()) != "-" + rest[0]:
-        raise SystemExit(f"cannot read point {name!r}: after the budget come -lrX (learning rate), -rfX (replay "
-                         "fraction), -rsN (replay samples), -fsN (facts per sentence), -mrN (memory rows trained), "
-                         "-mkN (memory rows read per token)")
-    number = {k: (float if k in ("lr", "rf") else int)(v) for k, v in knobs.items()}
-    return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget),
-                 number.get("lr"), number.get("rf"), number.get("rs"), number.get("fs"), number.get("mr"),
-                 number.get("mk"))
+        raise SystemExit(f"cannot read point {name!r}: after the budget come {_legend(with_defaults=False)}")
+    settings = {KNOBS[k][0]: KNOBS[k][1](v) for k, v in knobs.items()}
+    return Point(method, objective, guard == "guard", strategy, None if budget == "all" else int(budget), **settings)
+
+
+def _legend(with_defaults: bool) -> str:
+    """What each name suffix sets, in KNOBS order, with the default where the config has one."""
+    from inweights.config import SynthConfig, TrainConfig
+
+    parts = []
+    for k, (_, _, section, field, meaning) in KNOBS.items():
+        default = getattr(TrainConfig if section == "train" else SynthConfig, field)
+        parts.append(f"-{k} ({meaning}" + (f", default {default:,}" if with_defaults and default is not None else "")
+                     + ")")
+    return ", ".join(parts)
 
 
 def _remove(path: Path) -> None:
@@ -280,9 +298,7 @@ def markdown(results: dict) -> str:
     lines += _table(results["points"])
     lines += ["", "Targets (issue #4): gap recovered >= 75%, WikiText-2 ppl within +3%, each general task within 1 "
               "point. Point names: method-objective-guard-strategy-budget, then where a setting is not the default: "
-              "-lr (learning rate), -rf (the guard's replay fraction, default 0.2), -rs (its general-text samples, "
-              "default 64), -fs (answer spans per sentence, default 2), -mr (memory-layer rows trained, default 2,048), -mk "
-              "(memory-layer rows read per token, default 32)."]
+              f"{_legend(with_defaults=True)}."]
     for note, points in results.get("superseded", {}).items():
         lines += ["", f"Superseded: {note}", ""] + _table(points)
     return "\n".join(lines) + "\n"
@@ -325,9 +341,9 @@ def plot(results: dict, out: Path) -> None:
               "cartridge": "tab:purple"}
     axis_x = (lambda p: -p["general_mean_points"], lambda p: p["wikitext_ppl_pct"])  # lower is better on both
 
-    def frontier(i, p):  # no other point learned at least as much and forgot less, or learned more and no less
+    def frontier(i, p):  # no other point learned at least as much and forgot no more, and is better on one axis
         return not any(q["gain_points"] >= p["gain_points"] and axis_x[i](q) <= axis_x[i](p)
-                       and (q["gain_points"], -axis_x[i](q)) != (p["gain_points"], -axis_x[i](p)) for q in points.values())
+                       and (q["gain_points"] > p["gain_points"] or axis_x[i](q) < axis_x[i](p)) for q in points.values())
 
     for name, p in points.items():
         marker = "o" if p["objective"] == "sft" else "s"
@@ -357,8 +373,7 @@ def plot(results: dict, out: Path) -> None:
     plt.close(fig)
 
     curve = sorted((p["synthetic_tokens"], 100 * p["scores"]["em"], p["wikitext_ppl_pct"]) for name, p in points.items()
-                   if p["method"] == "lora" and p["objective"] == "sft" and p["guard"] and p["strategy"] == "selfstudy"
-                   and _parse(name) == Point("lora", "sft", True, "selfstudy", _parse(name).budget))
+                   if _parse(name) == Point("lora", "sft", True, "selfstudy", p["budget"]))
     if curve:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         ax.plot([c[0] for c in curve], [c[1] for c in curve], "o-", label="closed-book EM")
