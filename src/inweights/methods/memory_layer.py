@@ -191,16 +191,18 @@ class MemoryLayer:
         training tokens read most, discounted by how often general-text tokens read them (TF-IDF)."""
         memory = _wrapper(model).memory
         train_ids, replay_ids = [row[0] for row in items], [row[0] for row in replay]
-        scored = [_scored(row) for row in items]
+        # The states at scored positions, kept (one backbone pass): their spread sets the standardisation, then
+        # their reads are the tf.
+        states = [x[mask] for x, mask in _states(model, train_ids, batch_tokens, [_scored(row) for row in items])]
         total = torch.zeros(2, memory.hidden, dtype=torch.float64)
-        n = 0
-        for x, mask in _states(model, train_ids, batch_tokens, positions=scored):
-            v = x[mask].double().cpu()
-            total += torch.stack([v.sum(0), (v * v).sum(0)])
-            n += len(v)
-        mean = total[0] / max(n, 1)
-        memory.standardise(mean, (total[1] / max(n, 1) - mean * mean).clamp_min(0).sqrt())
-        score = self.read_counts(model, train_ids, batch_tokens, positions=scored).double()
+        for x in states:
+            total += torch.stack([x.double().sum(0), x.double().square().sum(0)]).cpu()
+        n = max(sum(len(x) for x in states), 1)
+        mean = total[0] / n
+        memory.standardise(mean, (total[1] / n - mean * mean).clamp_min(0).sqrt())
+        score = torch.zeros(memory.slots, dtype=torch.float64)
+        for x in states:
+            score += torch.bincount(memory.lookup(x)[0].flatten(), minlength=memory.slots).cpu()
         if replay_ids:  # idf over replay sequences as documents: rows every general text reads score 0
             df = self.read_counts(model, replay_ids, batch_tokens, per_sequence=True).double()
             score = score * torch.log((1.0 + len(replay_ids)) / (1.0 + df))
