@@ -15,7 +15,8 @@ slots degrades to the flat lookup).
   the positions the loss scores), folded into the query projection and centre. On gemma-3-270m and learn's
   cloze data for 8 SQuAD passages (146 questions), the answer positions read 1,793 distinct rows instead of 540
   when the queries were only centred on general text (one row was read by 137 of the 146 questions; now by
-  56), and general-text reads landing on the trained rows fell from 2.6% to 0.3%.
+  56), and general-text reads landing on the trainable rows fell from 4.5% to 1.6%
+  (`benchmarks/memory_layer_reads.py`).
 - `prepare` then ranks rows by TF-IDF, once for the run (Lin et al. do it per batch): tf = reads at the
   positions the loss scores (reads at prompt positions are mostly the shared template; counting them trained
   rows that 19% instead of 6% of general-text reads land on), idf = ln((1+N)/(1+df)) over the N replay
