@@ -159,7 +159,7 @@ def time_to_first_token(base, version, doc_tokens: int, repeats: int) -> dict:
     import httpx
 
     from inweights.demo import demo_dir
-    from inweights.synth import QA_TEMPLATE
+    from inweights.prompt import QA_TEMPLATE
 
     limit = getattr(base.model.config, "max_position_embeddings", doc_tokens + 64)
     doc_tokens = min(doc_tokens, limit - 64)
@@ -205,7 +205,7 @@ def rss_mb() -> float:
 def load_test(base, versions, seconds: float, max_batch: int, tokens: int) -> dict:
     import httpx
 
-    from inweights.synth import QA_TEMPLATE
+    from inweights.prompt import QA_TEMPLATE
 
     models = ["base"] + [v.name for v in versions]
     prompts = [QA_TEMPLATE.format(question=q) for q in QUESTIONS]

@@ -101,6 +101,17 @@ def test_txt_with_utf8_bom_and_utf16(tmp_path):
     assert read_one(write(tmp_path / "u16.txt", "Grüße aus Oslo".encode("utf-16"))).text == "Grüße aus Oslo"
 
 
+def test_legacy_encodings_are_detected_and_read(tmp_path):
+    western = "Café in Tromsø: “the Ærø office” opened in 2019, coffee costs 5 € a cup.\n"
+    assert read_one(write(tmp_path / "cp1252.txt", western.encode("cp1252"))).text == western.strip()
+    latin1 = "Møte på kontoret i Tromsø. Café crème à Paris."
+    assert read_one(write(tmp_path / "latin1.md", latin1.encode("latin-1"))).text == latin1
+    cyrillic = "Москва — столица России. Офис открылся в 2019 году."
+    assert read_one(write(tmp_path / "cp1251.txt", cyrillic.encode("cp1251"))).text == cyrillic
+    html = f"<html><body><p>{western}</p></body></html>".encode("cp1252")
+    assert read_one(write(tmp_path / "page.html", html)).text == western.strip()
+
+
 def test_markdown_is_kept_as_text(tmp_path):
     doc = read_one(write(tmp_path / "notes.md", "# Title\n\n- one\n  - nested\n\nBody text."))
     assert doc.kind == "md"
@@ -139,7 +150,6 @@ def test_docx_paragraphs_and_table_cells(tmp_path):
     ("empty.txt", b"", "empty"),
     ("blank.md", b"  \n\t\n   \r\n", "empty"),
     ("blank.html", b"<html><body><script>x()</script>   </body></html>", "empty"),
-    ("latin1.txt", b"caf\xe9 cr\xe8me \xff\xfe\xfa", "undecodable text"),
     ("broken.pdf", b"%PDF-1.4 this is not really a pdf" + random.Random(2).randbytes(64), "corrupt PDF"),
     ("broken.docx", b"PK\x03\x04 not a zip archive at all", "corrupt DOCX"),
     ("image.png", b"\x89PNG\r\n", "unsupported type .png"),
@@ -184,6 +194,7 @@ def test_good_files_beside_bad_ones_are_all_read(tmp_path, caplog):
     write(tmp_path / "docs/c.pdf", minimal_pdf("Hello PDF world"))
     write(tmp_path / "docs/d.docx", docx_bytes(["Delta text."]))
     write(tmp_path / "docs/e.md", "# Echo")
+    write(tmp_path / "docs/f-cp1252.txt", "Café Tromsø opened in 2019.".encode("cp1252"))
     write(tmp_path / "docs/bad/binary.txt", b"\x00\x01\x02")
     write(tmp_path / "docs/bad/empty.md", b"")
     write(tmp_path / "docs/bad/locked.pdf", encrypted_pdf())
@@ -191,8 +202,9 @@ def test_good_files_beside_bad_ones_are_all_read(tmp_path, caplog):
     write(tmp_path / "docs/bad/x.xyz", b"what")
     with caplog.at_level(logging.WARNING, logger="inweights"):
         documents = load_corpus([tmp_path / "docs", tmp_path / "missing"])
-    assert [d.path for d in documents] == ["a.txt", "b.html", "c.pdf", "d.docx", "e.md"]
-    assert [d.kind for d in documents] == ["txt", "html", "pdf", "docx", "md"]
+    assert [d.path for d in documents] == ["a.txt", "b.html", "c.pdf", "d.docx", "e.md", "f-cp1252.txt"]
+    assert [d.kind for d in documents] == ["txt", "html", "pdf", "docx", "md", "txt"]
+    assert documents[-1].text == "Café Tromsø opened in 2019."
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1  # one message listing everything, not one per file
     message = warnings[0].getMessage()

@@ -27,7 +27,7 @@ from inweights.serve.adapters import AdapterCache, CacheFull
 from inweights.serve.app import Server, create_app, render_chat
 from inweights.serve.batcher import Batcher, Generation, QueueFull
 from inweights.serve.export import vllm_max_lora_rank
-from inweights.synth import QA_TEMPLATE
+from inweights.prompt import QA_TEMPLATE
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPTS = ["The Oslo office", "Paris is the capital of France. The quick brown fox jumps over the lazy dog.",

@@ -28,7 +28,8 @@ from inweights.guard import replay_targets, replay_texts
 from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
-from inweights.synth import QA_TEMPLATE, ExampleCache, assert_no_leak, drop_eval_overlap, synthesize, within_budget
+from inweights.prompt import qa_prompt
+from inweights.synth import ExampleCache, assert_no_leak, drop_eval_overlap, synthesize, within_budget
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.train import train
@@ -155,7 +156,7 @@ class LoadedMemory:
     version: MemoryVersion | None
 
     def answer(self, questions: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
-        prompts = [QA_TEMPLATE.format(question=q.strip()) for q in questions]
+        prompts = [qa_prompt(q) for q in questions]
         return generate(self.model, self.base.tokenizer, prompts, max_new_tokens=max_new_tokens,
                         stop_token_ids=self.base.stop_token_ids, batch_size=batch_size)
 

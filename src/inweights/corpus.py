@@ -69,19 +69,43 @@ def _normalise(text: str) -> str:
 # --- one extractor per file kind: bytes in, raw text out, _Unreadable for anything we cannot use ---
 
 def _decode_text(raw: bytes) -> str:
+    """Text in UTF-8 (with or without a BOM), UTF-16, or a legacy encoding detected by charset-normalizer
+    (Windows-1252 "Café", Latin-1 "Tromsø", Windows-1251, Shift-JIS, ...). Raises _Unreadable for bytes that
+    no encoding turns into text."""
     if raw.startswith(b"\xef\xbb\xbf"):
-        encoding = "utf-8-sig"
-    elif raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        encoding = "utf-16"  # checked before the NUL test: UTF-16 text is full of NUL bytes
-    elif b"\x00" in raw:
+        return _check_text(raw.decode("utf-8-sig", errors="replace"))
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):  # checked before the NUL test: UTF-16 is full of NUL bytes
+        return _check_text(raw.decode("utf-16", errors="replace"))
+    if b"\x00" in raw:
         raise _Unreadable("binary file")
-    else:
-        encoding = "utf-8"
     try:
-        text = raw.decode(encoding)
+        return _check_text(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        # No latin-1 fallback: it "succeeds" on any bytes and would teach the model mojibake.
-        raise _Unreadable("undecodable text") from None
+        pass
+    encoding = _detect_encoding(raw)
+    if encoding is None:
+        raise _Unreadable("undecodable text (no encoding fits: not UTF-8, UTF-16 or a legacy code page)")
+    log.info("decoded as %s", encoding)
+    return _check_text(raw.decode(encoding))
+
+
+def _detect_encoding(raw: bytes) -> str | None:
+    """The legacy encoding of `raw`, by charset-normalizer. Several single-byte code pages often decode a short
+    Western text without a "mess" (cp1250 turns "Tromsø" into "Tromsř"); among the candidates as clean as the
+    best one Windows-1252 wins, as it does in browsers, because it is by far the most common."""
+    from charset_normalizer import from_bytes
+
+    matches = list(from_bytes(raw))
+    if not matches:
+        return None
+    best = matches[0]
+    for match in (m for m in matches if m.percent_chaos <= best.percent_chaos):
+        if "cp1252" in match.could_be_from_charset:
+            return "cp1252"
+    return best.encoding
+
+
+def _check_text(text: str) -> str:
     controls = sum(1 for c in text if ord(c) < 32 and c not in "\n\r\t\f")
     if controls > 0.05 * len(text):
         raise _Unreadable("binary file")

@@ -16,17 +16,10 @@ import torch
 from inweights.evaluate.metrics import choose, contains, exact_match, f1, option_logliks
 from inweights.evaluate.questions import MultipleChoice, Question, ShortAnswer
 from inweights.generate import generate
-from inweights.synth import QA_TEMPLATE
+from inweights.prompt import qa_prompt as prompt_for
 
-CONTEXT_TEMPLATE = "{context}\n\n" + QA_TEMPLATE
 MAX_NEW_TOKENS = 24
 _MARGIN_TOKENS = 8  # re-tokenizing a cut text can merge or split a token or two at the cut
-
-
-def prompt_for(question: str, context: str | None) -> str:
-    if context:
-        return CONTEXT_TEMPLATE.format(context=context.strip(), question=question.strip())
-    return QA_TEMPLATE.format(question=question.strip())
 
 
 def model_window(model) -> int:

@@ -36,7 +36,7 @@ from inweights.serve.batcher import Batcher, Generation, QueueFull
 from inweights.serve.config import ServeConfig, is_loopback
 from inweights.serve.tenants import OPEN, KeyStore, Tenant, default_keys_file
 from inweights.store import MemoryVersion, Workspace
-from inweights.synth import QA_TEMPLATE
+from inweights.prompt import qa_prompt
 
 log = logging.getLogger(__name__)
 
@@ -223,8 +223,8 @@ def create_app(server: Server) -> FastAPI:
 
 def render_chat(messages) -> str:
     """Messages as one plain prompt: base models need no chat template, and memories are trained on
-    `QA_TEMPLATE`. System messages and earlier turns come first as plain lines, then the last user message as
-    "Question: ...\\nAnswer:". The answer ends at the end of its line."""
+    `inweights.prompt.QA_TEMPLATE`. System messages and earlier turns come first as plain lines, then the last
+    user message as "Question: ...\\nAnswer:". The answer ends at the end of its line."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content}", "messages")
     texts = []
@@ -240,7 +240,7 @@ def render_chat(messages) -> str:
     if messages[-1]["role"] != "user":
         raise ApiError(400, "the last message must be the user's question", "messages")
     earlier = "\n".join(t for t in texts[:-1] if t)
-    question = QA_TEMPLATE.format(question=texts[-1])
+    question = qa_prompt(texts[-1])
     return f"{earlier}\n{question}" if earlier else question
 
 

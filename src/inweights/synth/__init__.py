@@ -17,8 +17,7 @@ from typing import Sequence
 
 from tqdm.auto import tqdm
 
-QA_TEMPLATE = "Question: {question}\nAnswer:"
-"""The one prompt format for questions: synthetic QA is trained on it and `ask` uses it."""
+from inweights.prompt import qa_prompt
 
 
 @dataclass(frozen=True)
@@ -33,7 +32,7 @@ class Example:
 
 
 def qa_example(question: str, answer: str, chunk, strategy: str, teacher: str) -> Example:
-    return Example(QA_TEMPLATE.format(question=question.strip()), " " + answer.strip(), strategy,
+    return Example(qa_prompt(question), " " + answer.strip(), strategy,
                    chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher)
 
 
