@@ -81,3 +81,25 @@ def test_cli_learn_ask_history(tmp_path, workspace, tiny_model_dir, capsys):
     assert capsys.readouterr().out.startswith("v1")
     assert main(["memories"]) == 0
     assert capsys.readouterr().out.startswith("acme  v1  lora")
+
+
+@pytest.mark.parametrize("module, argv, fix", [
+    ("fastapi", ["serve"], "pip install 'fastapi>=0.165'"),
+    ("faiss", ["eval", "acme", "q.jsonl", "--docs", "d"], "pip install 'faiss-cpu>=1.15'"),
+])
+def test_a_missing_dependency_is_one_line_with_the_fix(module, argv, fix, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if the package were not installed
+    for name in [n for n in sys.modules if n.startswith(("inweights.serve.", "inweights.evaluate.rag"))
+                 and n != "inweights.serve.config"]:
+        monkeypatch.delitem(sys.modules, name)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and fix in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_a_missing_module_we_do_not_depend_on_is_a_bug_with_its_traceback():
+    from inweights.errors import missing_dependency
+
+    assert missing_dependency(ModuleNotFoundError("no", name="not_a_dependency_of_ours")) is None

@@ -321,3 +321,21 @@ def test_chunk_hash_identifies_the_text(tokenizer):
 def test_too_small_budget_is_refused(tokenizer):
     with pytest.raises(InweightsError):
         chunk_documents([make_doc("Hello.")], tokenizer, max_tokens=2)
+
+
+def test_chunking_work_is_linear_in_the_text(tokenizer):
+    """A big corpus is counted in batches, each character a bounded number of times: re-counting the growing
+    chunk after every piece made a 33 MB file take minutes and gigabytes."""
+    text = "\n\n".join([LONG_TEXT] * 40 + [" ".join(f"word{i}" for i in range(3000))])
+    calls, counted = [0], [0]
+
+    class Counting:
+        def __call__(self, texts, **kwargs):
+            calls[0] += 1
+            counted[0] += sum(map(len, texts)) if isinstance(texts, list) else len(texts)
+            return tokenizer(texts, **kwargs)
+
+    chunks = chunk_documents([make_doc(text)], Counting(), max_tokens=64)
+    assert all(c.n_tokens == n_tokens(tokenizer, c.text) <= 64 for c in chunks)
+    assert counted[0] <= 3 * len(text)  # pieces, their sentences or windows once, chunks once: not quadratic
+    assert calls[0] <= 3 * len(chunks) // 256 + 10  # batched

@@ -32,6 +32,7 @@ from inweights.prompt import qa_prompt
 from inweights.synth import ExampleCache, assert_no_leak, drop_eval_overlap, synthesize, within_budget
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
+from inweights.plan import CONFIRM_ABOVE_S, Plan, duration, llm_free, make_plan, sample_chunks
 from inweights.train import train
 
 log = logging.getLogger("inweights")
@@ -39,12 +40,14 @@ log = logging.getLogger("inweights")
 
 def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None = None, *,
           base: Base | None = None, workspace: Workspace | None = None, exclude_questions: Sequence[str] = (),
-          progress: bool = True) -> MemoryVersion:
+          progress: bool = True, yes: bool = False) -> MemoryVersion:
     """Learn documents into a new version of the named memory and return it.
 
     `exclude_questions`: evaluation questions that must not appear in the training data: examples that contain
     one are dropped (and counted in the manifest), then the training set is checked again. `base`: an already
-    loaded base model to reuse (it must match `config.base`).
+    loaded base model to reuse (it must match `config.base`). Before synthesis the plan (documents, words,
+    chunks, synthetic tokens, estimated time) is printed; a job estimated past an hour raises InweightsError
+    unless `yes` (or a `budget` that brings it under).
     """
     validate_name(memory)
     config = config or LearnConfig()
@@ -56,13 +59,19 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     base = base or load_base(config.base)
     timings["load_base_s"] = time.perf_counter() - t_start
     chunks = chunk_documents(documents, base.tokenizer, max_tokens=config.synth.chunk_tokens)
-    _say(progress, f"{len(documents)} documents, {len(chunks)} chunks")
+    cache = ExampleCache(workspace.cache_dir("synth"))
+    plan = _plan(documents, chunks, config, base, workspace, cache)
+    _say(progress, plan.render())
+    if plan.seconds > CONFIRM_ABOVE_S and not yes:
+        fewer = (f"learn fewer synthetic tokens with --budget N (for example --budget {_budget_for_an_hour(plan)})"
+                 if plan.synth_seconds < 0.9 * CONFIRM_ABOVE_S else "learn fewer documents at a time")
+        raise InweightsError(f"this would take about {duration(plan.seconds)} on this machine. To go "
+                             f"ahead, run the same command with --yes; to make it shorter, {fewer}.")
 
     t = time.perf_counter()
     needs_teacher = any(_strategy(s).NEEDS_TEACHER for s in config.synth.strategies)
     teacher = LocalTeacher(base, batch_size=config.synth.teacher_batch_size) if needs_teacher else None
-    examples, synth_stats = synthesize(chunks, teacher, config.synth, ExampleCache(workspace.cache_dir("synth")),
-                                       progress=progress)
+    examples, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
     examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
     pool = len(examples)
     examples = within_budget(examples, config.synth.budget, _token_counter(base.tokenizer),
@@ -196,6 +205,24 @@ def ask(ref: str | None, question: str, *, base: Base | None = None, workspace: 
         return loaded.answer([question], max_new_tokens=max_new_tokens)[0]
     finally:
         loaded.close()
+
+
+def _plan(documents, chunks, config: LearnConfig, base: Base, workspace: Workspace, cache: ExampleCache) -> Plan:
+    """The plan, after synthesizing a sample of chunks with the LLM-free strategies (cached for the real run)."""
+    probe = llm_free(config)
+    sample = None
+    if probe is not None:
+        sampled = sample_chunks(chunks, seed=config.train.seed)
+        sample = (synthesize(sampled, None, probe, cache, progress=False)[0], sampled)
+    return make_plan(documents, chunks, config, base.tokenizer, base.fingerprint, workspace, sample)
+
+
+def _budget_for_an_hour(plan: Plan) -> int:
+    """A --budget that brings the plan's training under the confirmation threshold (two significant digits)."""
+    per_token = plan.train_seconds / max(plan.synthetic_tokens, 1)
+    budget = max(1000, int(0.9 * (CONFIRM_ABOVE_S - plan.synth_seconds) / max(per_token, 1e-9)))
+    magnitude = 10 ** max(len(str(budget)) - 2, 0)
+    return budget // magnitude * magnitude
 
 
 def _token_counter(tokenizer):

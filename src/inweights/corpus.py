@@ -249,10 +249,27 @@ def load_corpus(paths: Iterable[str | Path]) -> list[Document]:
 
 
 # --- chunking ---
+#
+# Linear in the corpus: pieces (paragraphs, else sentences, else token windows) are counted in batches by the
+# fast tokenizer, packed greedily on the sums of their counts, and each packed chunk is counted once more to
+# check it. Re-counting the growing chunk after every piece, as a naive packer does, is quadratic in the chunk
+# and made a 33 MB file take minutes.
+
+_COUNT_BATCH = 256      # texts per tokenizer call: bounds the memory of the token lists
+_CHARS_PER_TOKEN = 16   # no tokenizer packs more characters into a token: longer text cannot fit, no need to count
+_SEP_TOKENS = 1         # a separator costs at most one token between two counted pieces
+
+
+def _count_many(tokenizer, texts: Sequence[str]) -> list[int]:
+    counts: list[int] = []
+    for i in range(0, len(texts), _COUNT_BATCH):
+        counts += [len(ids) for ids in tokenizer(list(texts[i:i + _COUNT_BATCH]), add_special_tokens=False)["input_ids"]]
+    return counts
+
 
 def _fit_prefix(text: str, count: Callable[[str], int], max_tokens: int) -> int:
     """Length of the longest prefix of `text` within max_tokens, moved back to a space when there is one."""
-    lo, hi = 1, min(len(text), max_tokens * 16)  # ~4 chars/token, so the cap only costs chunk size, never bounds
+    lo, hi = 1, min(len(text), max_tokens * _CHARS_PER_TOKEN)
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if count(text[:mid]) <= max_tokens else (lo, mid - 1)
@@ -260,29 +277,102 @@ def _fit_prefix(text: str, count: Callable[[str], int], max_tokens: int) -> int:
     return space if lo < len(text) and space > 0 and count(text[:space]) <= max_tokens else lo
 
 
-def _pieces(text: str, count: Callable[[str], int], max_tokens: int) -> Iterable[tuple[str, str]]:
-    """(separator, piece) pairs, each piece within max_tokens: whole paragraphs where they fit, else
-    sentences (or lines), else windows of a monster sentence. The separator joins it to the previous piece."""
-    for paragraph in text.split("\n\n"):
-        if count(paragraph) <= max_tokens:
-            yield "\n\n", paragraph
+def _windows(text: str, tokenizer, max_tokens: int) -> list[str]:
+    """A sentence too long for one chunk, cut into pieces of about max_tokens tokens at spaces. Cut points come
+    from the tokenizer's character offsets, one segment of text at a time so a huge run holds little memory."""
+    pieces: list[str] = []
+    segment_chars = max_tokens * _CHARS_PER_TOKEN * 4
+    rest = text
+    while rest:
+        if len(rest) > segment_chars:
+            cut = rest.rfind(" ", 0, segment_chars)
+            segment, rest = (rest[:cut], rest[cut:].strip()) if cut > 0 else (rest[:segment_chars], rest[segment_chars:])
+        else:
+            segment, rest = rest, ""
+        offsets = tokenizer(segment, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        start, first = 0, 0
+        while first < len(offsets):
+            last = min(first + max_tokens, len(offsets)) - 1
+            end = offsets[last][1] if last + 1 >= len(offsets) else offsets[last + 1][0]
+            space = segment.rfind(" ", start + 1, end + 1) if last + 1 < len(offsets) else -1
+            end = space if space > start else end
+            if segment[start:end].strip():
+                pieces.append(segment[start:end].strip())
+            start = end
+            while first < len(offsets) and offsets[first][0] < end:
+                first += 1
+    return pieces
+
+
+def _pieces(text: str, tokenizer, max_tokens: int) -> list[tuple[str, str, int]]:
+    """(separator, piece, tokens) triples, each piece within max_tokens: whole paragraphs where they fit, else
+    sentences (or lines), else windows of a monster sentence. The separator joins a piece to the previous one."""
+    def fits_chars(t: str) -> bool:
+        return len(t) <= max_tokens * _CHARS_PER_TOKEN
+
+    paragraphs = text.split("\n\n")
+    short = [p for p in paragraphs if fits_chars(p)]
+    counts = dict(zip(short, _count_many(tokenizer, short)))
+    out: list[tuple[str, str, int]] = []
+    pending: list[tuple[str, str]] = []  # sentences of long paragraphs, counted together below
+    for paragraph in paragraphs:
+        n = counts.get(paragraph)
+        if n is not None and n <= max_tokens:
+            out.append(("\n\n", paragraph, n))
             continue
         parts = re.split(r"((?<=[.!?])\s+|\n)", paragraph)  # the captured separators are kept in `parts`
         sep = "\n\n"
         for i in range(0, len(parts), 2):
-            rest = parts[i].strip()
-            while rest:
-                fits = len(rest) <= max_tokens * 16 and count(rest) <= max_tokens
-                cut = len(rest) if fits else _fit_prefix(rest, count, max_tokens)
-                yield sep, rest[:cut].strip()
-                rest, sep = rest[cut:].strip(), " "
+            sentence = parts[i].strip()
+            if sentence:
+                pending.append((sep, sentence))
+                out.append(("", "", -len(pending)))  # a placeholder, filled in below in order
+                sep = " "
             if i + 1 < len(parts):
-                sep = "\n" if "\n" in parts[i + 1] else " "
+                sep = sep if sep == "\n\n" else ("\n" if "\n" in parts[i + 1] else " ")
+    if not pending:
+        return out
+    short = [s for _, s in pending if fits_chars(s)]
+    counts = dict(zip(short, _count_many(tokenizer, short)))
+    filled: list[tuple[str, str, int]] = []
+    for sep, piece, n in out:
+        if n >= 0:
+            filled.append((sep, piece, n))
+            continue
+        sep, sentence = pending[-n - 1]
+        n = counts.get(sentence)
+        if n is not None and n <= max_tokens:
+            filled.append((sep, sentence, n))
+            continue
+        windows = _windows(sentence, tokenizer, max_tokens)
+        window_counts = _count_many(tokenizer, windows)
+        for j, (window, c) in enumerate(zip(windows, window_counts)):
+            filled.append((sep if j == 0 else " ", window, c))
+    return filled
+
+
+def _pack(pieces: list[tuple[str, str, int]], max_tokens: int) -> list[list[tuple[str, str, int]]]:
+    """Consecutive pieces grouped greedily so that their counts plus a token per separator stay in budget."""
+    groups: list[list[tuple[str, str, int]]] = []
+    total = 0
+    for piece in pieces:
+        if groups and total + _SEP_TOKENS + piece[2] <= max_tokens:
+            groups[-1].append(piece)
+            total += _SEP_TOKENS + piece[2]
+        else:
+            groups.append([piece])
+            total = piece[2]
+    return groups
+
+
+def _join(group: list[tuple[str, str, int]]) -> str:
+    return group[0][1] + "".join(sep + piece for sep, piece, _ in group[1:])
 
 
 def chunk_documents(docs: Sequence[Document], tokenizer, max_tokens: int = 256) -> list[Chunk]:
     """Cut each document into chunks of at most max_tokens tokens (no special tokens), packing consecutive
-    paragraphs/sentences greedily so chunks are as large as allowed and break at natural boundaries."""
+    paragraphs/sentences greedily so chunks are large and break at natural boundaries. Linear in the text:
+    pieces are counted in batches and each chunk is counted once more to check it."""
     if max_tokens < MIN_CHUNK_TOKENS:
         raise InweightsError(f"max_tokens must be at least {MIN_CHUNK_TOKENS}, got {max_tokens}.")
 
@@ -291,16 +381,15 @@ def chunk_documents(docs: Sequence[Document], tokenizer, max_tokens: int = 256) 
 
     chunks: list[Chunk] = []
     for doc in docs:
-        texts: list[str] = []
-        current = ""
-        for sep, piece in _pieces(doc.text, count, max_tokens):
-            candidate = f"{current}{sep}{piece}" if current else piece
-            if current and count(candidate) > max_tokens:
-                texts.append(current)
-                candidate = piece
-            current = candidate
-        if current:
-            texts.append(current)
-        chunks += [Chunk(doc_path=doc.path, doc_sha256=doc.sha256, index=i, text=t, n_tokens=count(t),
-                         sha256=_sha256(t)) for i, t in enumerate(texts)]
+        texts = [_join(group) for group in _pack(_pieces(doc.text, tokenizer, max_tokens), max_tokens)]
+        counts = _count_many(tokenizer, texts)
+        i = 0
+        while i < len(texts):
+            if counts[i] > max_tokens:  # a tokenizer that merges across a separator: cut exactly (rare)
+                cut = _fit_prefix(texts[i], count, max_tokens)
+                texts[i:i + 1] = [texts[i][:cut].strip(), texts[i][cut:].strip()]
+                counts[i:i + 1] = [count(texts[i]), count(texts[i + 1])]
+            i += 1
+        chunks += [Chunk(doc_path=doc.path, doc_sha256=doc.sha256, index=i, text=t, n_tokens=n, sha256=_sha256(t))
+                   for i, (t, n) in enumerate(zip(texts, counts)) if t]
     return chunks

@@ -16,6 +16,8 @@ from inweights.synth.text import answer_spans, normalize, sentences
 NAME = "qa"
 VERSION = 1
 NEEDS_TEACHER = True
+TOKENS_PER_WORD = 1.0
+"""Synthetic tokens per source word, for the plan (the embedded teacher keeps far fewer; a strong one about this)."""
 
 _WRITE_PREFIX = """Write a question whose answer is the given answer. The question must name what it is about.
 

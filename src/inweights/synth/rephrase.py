@@ -13,6 +13,8 @@ from inweights.synth.text import fact_tokens, normalize, sentences
 NAME = "rephrase"
 VERSION = 1
 NEEDS_TEACHER = True
+TOKENS_PER_WORD = 2.0
+"""Synthetic tokens per source word, for the plan (two rewrites per sentence when most survive the filters)."""
 
 _PREFIX = """Rewrite each sentence in other words. Keep every name, number and date.
 

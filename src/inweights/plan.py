@@ -1,0 +1,136 @@
+"""What `learn` is about to do, said before it does it: documents, words, chunks, the synthetic tokens it will
+make and how long training will take on this machine. A job estimated past an hour stops and asks for
+`--budget` (fewer synthetic tokens) or `--yes` (go ahead), so a 33 MB file never trains for days unannounced.
+
+Estimates come from measurements, not guesses:
+- synthetic tokens: the LLM-free strategies run on an even sample of chunks (their results are cached, so the
+  real run reuses them), and tokens per source word are scaled to the whole corpus; teacher strategies use
+  their module's `TOKENS_PER_WORD`, measured on the demo and SQuAD;
+- training speed: the tokens/s of the newest memory trained here on the same base with the same method (every
+  manifest records it), else the method's rate measured on gemma-3-270m on the 2-core CPU of this project.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+from inweights.config import LearnConfig, resolve_train
+
+CONFIRM_ABOVE_S = 3600.0
+"""Estimated seconds of synthesis + training above which `learn` stops and asks for --budget or --yes."""
+SAMPLE_CHUNKS = 8
+"""Chunks synthesized ahead of time to measure the LLM-free strategies' tokens per word."""
+DEFAULT_TOKENS_PER_S = {"lora": 105.0, "tinylora": 100.0, "full": 90.0, "cartridge": 110.0, "memory_layer": 150.0}
+"""Training tokens/s of each method on gemma-3-270m, fp32, 2 CPU cores (the demo and the plane's learn runs)."""
+SYNTH_WORDS_PER_S = 400.0
+"""Source words per second the LLM-free strategies get through (parsing and building items, 2 cores)."""
+TEACHER_WORDS_PER_S = 2.0
+"""Source words per second when the local 270M base writes qa/rephrase data (README: ~9 minutes for 1.1k words)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    documents: int
+    words: int
+    chunks: int
+    synthetic_tokens: int
+    examples: int
+    epochs: int
+    train_tokens: int
+    tokens_per_s: float
+    speed_source: str
+    synth_seconds: float
+    train_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.synth_seconds + self.train_seconds
+
+    def render(self) -> str:
+        return (f"plan: {self.documents:,} documents, {self.words:,} words, {self.chunks:,} chunks -> about "
+                f"{self.synthetic_tokens:,} synthetic tokens ({self.examples:,} examples), {self.epochs} epochs = "
+                f"{self.train_tokens:,} training tokens\n"
+                f"      estimated time: synthesis {duration(self.synth_seconds)}, training "
+                f"{duration(self.train_seconds)} at {self.tokens_per_s:.0f} tokens/s ({self.speed_source})")
+
+
+def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokenizer, fingerprint: str,
+              workspace, sample: Sequence | None = None) -> Plan:
+    """The plan for learning `chunks` with `config`. `sample`: (examples, chunks) already synthesized by the
+    LLM-free strategies on a sample of the chunks (see `sample_chunks`)."""
+    from inweights.synth import STRATEGIES
+
+    words = sum(len(d.text.split()) for d in documents)
+    tokens = 0.0
+    examples = 0.0
+    synth_seconds = 0.0
+    sample_examples, sampled = sample if sample is not None else ((), ())
+    sample_words = sum(len(c.text.split()) for c in sampled) or 1
+    for name in config.synth.strategies:
+        strategy = STRATEGIES[name]
+        if strategy.NEEDS_TEACHER:
+            tokens += strategy.TOKENS_PER_WORD * words
+            examples += strategy.TOKENS_PER_WORD * words / 40  # teacher items are ~40 tokens each
+            synth_seconds += words / TEACHER_WORDS_PER_S
+        else:
+            mine = [e for e in sample_examples if e.strategy.split(":")[0] == name]
+            made = sum(len(tokenizer(e.prompt + e.completion, add_special_tokens=False)["input_ids"]) for e in mine)
+            tokens += made / sample_words * words
+            examples += len(mine) / sample_words * words
+            synth_seconds += words / SYNTH_WORDS_PER_S
+    if config.synth.budget is not None and tokens > config.synth.budget:
+        examples *= config.synth.budget / tokens
+        tokens = float(config.synth.budget)
+    train = resolve_train(config.train, max(int(examples), 1))
+    guard = 1.0 / (1.0 - train.replay_fraction)
+    train_tokens = int(tokens * train.epochs * guard)
+    speed, source = _measured_speed(workspace, fingerprint, train.method)
+    return Plan(documents=len(documents), words=words, chunks=len(chunks), synthetic_tokens=int(tokens),
+                examples=int(examples), epochs=train.epochs, train_tokens=train_tokens, tokens_per_s=speed,
+                speed_source=source, synth_seconds=synth_seconds, train_seconds=train_tokens / speed)
+
+
+def sample_chunks(chunks: Sequence, n: int = SAMPLE_CHUNKS, seed: int = 0) -> list:
+    """An even, seeded sample of the chunks (all of them when there are few)."""
+    if len(chunks) <= n:
+        return list(chunks)
+    return sorted(random.Random(seed).sample(list(chunks), n), key=lambda c: (c.doc_path, c.index))
+
+
+def llm_free(config: LearnConfig):
+    """The SynthConfig with only its LLM-free strategies (what the plan samples); None when it has none."""
+    from inweights.synth import STRATEGIES
+
+    names = tuple(s for s in config.synth.strategies if not STRATEGIES[s].NEEDS_TEACHER)
+    return replace(config.synth, strategies=names) if names else None
+
+
+def _measured_speed(workspace, fingerprint: str, method: str) -> tuple[float, str]:
+    newest = None
+    for name in workspace.memories():
+        for version in workspace.versions(name):
+            try:
+                manifest = json.loads((version.path / "manifest.json").read_text())
+            except (OSError, ValueError):
+                continue
+            if manifest.get("base", {}).get("fingerprint") != fingerprint or manifest.get("method") != method:
+                continue
+            speed = manifest.get("training", {}).get("tokens_per_s")
+            if speed and (newest is None or manifest.get("created", "") > newest[2]):
+                newest = (float(speed), version.ref, manifest.get("created", ""))
+    if newest:
+        return newest[0], f"measured when {newest[1]} was trained"
+    return DEFAULT_TOKENS_PER_S.get(method, 100.0), f"{method} on gemma-3-270m, 2 CPU cores"
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
