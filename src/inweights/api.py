@@ -32,7 +32,7 @@ from inweights.prompt import qa_prompt
 from inweights.synth import ExampleCache, assert_no_leak, drop_eval_overlap, synthesize, within_budget
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
-from inweights.plan import CONFIRM_ABOVE_S, Plan, duration, llm_free, make_plan, sample_chunks
+from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
 from inweights.train import train
 
 log = logging.getLogger("inweights")
@@ -208,12 +208,13 @@ def ask(ref: str | None, question: str, *, base: Base | None = None, workspace: 
 
 
 def _plan(documents, chunks, config: LearnConfig, base: Base, workspace: Workspace, cache: ExampleCache) -> Plan:
-    """The plan, after synthesizing a sample of chunks with the LLM-free strategies (cached for the real run)."""
+    """The plan, after synthesizing a sample of chunks with the LLM-free strategies. The sample is not cached, so
+    the run's statistics (chunks from the cache) say what earlier runs left, not what the plan made."""
     probe = llm_free(config)
     sample = None
     if probe is not None:
         sampled = sample_chunks(chunks, seed=config.train.seed)
-        sample = (synthesize(sampled, None, probe, cache, progress=False)[0], sampled)
+        sample = (synthesize(sampled, None, probe, ReadOnlyCache(cache), progress=False)[0], sampled)
     return make_plan(documents, chunks, config, base.tokenizer, base.fingerprint, workspace, sample)
 
 

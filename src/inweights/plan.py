@@ -3,8 +3,8 @@ make and how long training will take on this machine. A job estimated past an ho
 `--budget` (fewer synthetic tokens) or `--yes` (go ahead), so a 33 MB file never trains for days unannounced.
 
 Estimates come from measurements, not guesses:
-- synthetic tokens: the LLM-free strategies run on an even sample of chunks (their results are cached, so the
-  real run reuses them), and tokens per source word are scaled to the whole corpus; teacher strategies use
+- synthetic tokens: the LLM-free strategies run on an even sample of chunks, and their tokens per source word
+  are scaled to the whole corpus; teacher strategies use
   their module's `TOKENS_PER_WORD`, measured on the demo and SQuAD;
 - training speed: the tokens/s of the newest memory trained here on the same base with the same method (every
   manifest records it), else the method's rate measured on gemma-3-270m on the 2-core CPU of this project.
@@ -91,6 +91,22 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
     return Plan(documents=len(documents), words=words, chunks=len(chunks), synthetic_tokens=int(tokens),
                 examples=int(examples), epochs=train.epochs, train_tokens=train_tokens, tokens_per_s=speed,
                 speed_source=source, synth_seconds=synth_seconds, train_seconds=train_tokens / speed)
+
+
+class ReadOnlyCache:
+    """A synthesis cache that reads what earlier runs left and keeps nothing new."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def key(self, *args) -> str:
+        return self.cache.key(*args)
+
+    def get(self, key: str):
+        return self.cache.get(key)
+
+    def put(self, key: str, examples, stats) -> None:
+        pass
 
 
 def sample_chunks(chunks: Sequence, n: int = SAMPLE_CHUNKS, seed: int = 0) -> list:
