@@ -46,6 +46,8 @@ KNOBS = {
     "fs": ("facts", int, "synth", "facts_per_sentence", "answer spans per sentence"),
     "mr": ("rows", int, "train", "memory_trainable_rows", "memory-layer rows trained"),
     "mk": ("topk", int, "train", "memory_topk", "memory-layer rows read per token"),
+    "ep": ("epochs", int, "train", "epochs", "training epochs"),
+    "vw": ("views", int, "synth", "views", "facts: statements, reorders and shuffled passages (1 on, 0 off)"),
 }
 
 
@@ -62,6 +64,8 @@ class Point:
     facts: int | None = None  # answer spans taken per sentence (SynthConfig.facts_per_sentence); None: its default
     rows: int | None = None  # memory_layer: trainable rows (TrainConfig.memory_trainable_rows); None: its default
     topk: int | None = None  # memory_layer: rows each token reads (TrainConfig.memory_topk); None: its default
+    epochs: int | None = None  # passes over the synthetic data (TrainConfig.epochs); None: derived by learn
+    views: int | None = None  # facts: the plain-text views (SynthConfig.views, 1 or 0); None: its default
 
     @property
     def name(self) -> str:
@@ -78,7 +82,10 @@ class Point:
         """The SynthConfig of this point."""
         from inweights.config import SynthConfig
 
-        return SynthConfig(strategies=(self.strategy,), budget=self.budget, **self._fields("synth"))
+        fields = self._fields("synth")
+        if "views" in fields:
+            fields["views"] = bool(fields["views"])
+        return SynthConfig(strategies=(self.strategy,), budget=self.budget, **fields)
 
     def train_config(self):
         """The TrainConfig of this point (guard off: no replay)."""

@@ -48,6 +48,7 @@ def test_question_files_load_both_kinds(tmp_path):
     ([{"question": "x", "options": ["a", "b"], "answer_index": 2}], r"q.jsonl:1: \"answer_index\" must be"),
     ([{"question": "x", "options": "ab", "answer_index": 0}], r"q.jsonl:1: \"options\" must be a list"),
     ([{"answer": "y"}], r"q.jsonl:1: each line needs a non-empty \"question\""),
+    ([{"question": "x", "answer": "y", "form": 3}], r"q.jsonl:1: \"form\" must be a label"),
     ([{"question": "x", "answer": "y"}, {"question": "z", "options": ["a", "b"], "answer_index": 0}], "mixes"),
     ([""], "holds no questions"),
 ])
@@ -120,9 +121,11 @@ def test_full_evaluation_runs_every_condition_and_writes_the_report(tmp_path, wo
     (docs / "oslo.md").write_text(OSLO + "\n")
     (docs / "founder.txt").write_text(FOUNDER + "\n")
     questions = write_jsonl(tmp_path / "questions.jsonl", [
-        {"question": "When did the Oslo office of Fjordlight open?", "answer": "March 2019", "doc": "oslo.md"},
-        {"question": "How many people does the Oslo office employ?", "answer": "forty", "doc": "oslo"},
-        {"question": "Who founded Fjordlight?", "answer": "Ingrid Solberg", "doc": "founder.txt"}])
+        {"question": "When did the Oslo office of Fjordlight open?", "answer": "March 2019", "doc": "oslo.md",
+         "form": "copied"},
+        {"question": "How many people does the Oslo office employ?", "answer": "forty", "doc": "oslo",
+         "form": "paraphrased"},
+        {"question": "Who founded Fjordlight?", "answer": "Ingrid Solberg", "doc": "founder.txt", "form": "reversed"}])
     config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("cloze",), facts_per_sentence=1),
                          train=TrainConfig(epochs=1, replay_fraction=0.0, batch_tokens=512))
     learn([docs], "acme", config, base=base, progress=False,
@@ -151,6 +154,9 @@ def test_full_evaluation_runs_every_condition_and_writes_the_report(tmp_path, wo
     assert report["forgetting"]["memory"]["deltas"].keys() == {"arc_easy", "triviaqa", "wikitext2"}
     assert report["training"]["naive"]["kind"] == "naive_finetune"
     assert "| memory_rag |" in (out / "report.md").read_text()
+    assert memory["by_form"].keys() == {"copied", "paraphrased", "reversed"}
+    assert all(scores["n"] == 1 for scores in memory["by_form"].values())
+    assert "## By question form (em, %)" in (out / "report.md").read_text()
     # Evaluating again reuses the naive fine-tune instead of training a second identical one.
     train_config = LearnConfig.from_dict(Workspace().get("acme").manifest["config"]).train
     again = train_naive(base, {d.path: d.text for d in load_corpus([docs])}, train_config, Workspace(), "acme-naive")

@@ -74,6 +74,7 @@ def test_manifest_records_everything_that_made_the_memory(docs, workspace, tiny_
     assert LearnConfig.from_dict(m["config"]) == LearnConfig.from_dict(m["config"])  # round-trips
     synth = m["synthetic"]
     assert synth["examples"] > 0 and set(synth["by_strategy"]) == {"cloze", "qa", "rephrase"}
+    assert 0 < synth["diversity"]["distinct_2"] <= 1 and sum(synth["diversity"]["by_kind"].values()) == synth["examples"]
     assert synth["by_strategy"]["qa"]["made"] > 0  # the teacher ran; its drops are counted by reason
     assert m["training"]["steps"] > 0 and m["training"]["tokens"] > 0
     assert {"load_base_s", "synthesize_s", "train_s", "total_s"} <= set(m["timings"])

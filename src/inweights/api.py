@@ -29,7 +29,7 @@ from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
 from inweights.prompt import qa_prompt
-from inweights.synth import ExampleCache, assert_no_leak, drop_eval_overlap, synthesize, within_budget
+from inweights.synth import ExampleCache, assert_no_leak, diversity, drop_eval_overlap, synthesize, within_budget
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
@@ -116,7 +116,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
             "synthetic": {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
                           "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
-                          "dropped_matching_eval_questions": decontaminated},
+                          "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)},
             "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
                         {"tokens_per_s": result.tokens / max(result.seconds, 1e-9),
                          "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},

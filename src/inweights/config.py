@@ -27,10 +27,14 @@ class SynthConfig:
     chunk_tokens: int = 256
     """Maximum tokens in one chunk of a document."""
     statements: bool = False
-    """The LLM-free strategy also trains on each sentence as plain text. Off by default: on the demo it
+    """The cloze strategy also trains on each sentence as plain text. Off by default: on the demo it
     lowered held-out accuracy (25% vs 37.5%) and doubled training time."""
-    facts_per_sentence: int = 2
-    """Answer-bearing spans (dates, names, numbers) taken from each sentence."""
+    views: bool = True
+    """The facts strategy also trains on each sentence as plain text (pronouns resolved), in other orders, and on
+    each chunk's sentences shuffled: the same facts in more forms."""
+    facts_per_sentence: int = 4
+    """Facts (answer spans) taken from each sentence: by cloze, dates, names and numbers; by facts, the clause's
+    subject, objects, time and place first, then entities nested deeper."""
     questions_per_fact: int = 2
     """Questions the teacher writes for each fact (sampled, so they differ)."""
     rephrases_per_sentence: int = 2

@@ -67,6 +67,13 @@ def answer_mc(model, tokenizer, questions: Sequence[MultipleChoice], contexts: S
     return [choose(scores) for scores in logliks]
 
 
+def score_by_form(questions: Sequence[Question], predictions: Sequence) -> dict:
+    """`score` for each question form the file labels ({} when none is labelled): carry-over by wording."""
+    forms = sorted({q.form for q in questions if q.form})
+    return {form: score([q for q in questions if q.form == form],
+                        [p for q, p in zip(questions, predictions) if q.form == form]) for form in forms}
+
+
 def score(questions: Sequence[Question], predictions: Sequence) -> dict:
     """Short answers: mean exact match, token F1 and contains. Multiple choice: accuracy. Fractions in [0, 1]."""
     n = len(questions)

@@ -32,7 +32,7 @@ from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import load_corpus
 from inweights.errors import InweightsError
 from inweights.evaluate.conditions import answer_mc, answer_short, fit_context, measure_cost, model_window, \
-    prompt_for, score
+    prompt_for, score, score_by_form
 from inweights.evaluate.general import GeneralLimits, compare, general_suite
 from inweights.evaluate.questions import MultipleChoice, Question, load_questions
 from inweights.evaluate.rag import EMBEDDER, RagIndex
@@ -250,7 +250,8 @@ def _run_condition(model, base: Base, questions, contexts, settings: EvalSetting
     prompts = [prompt_for(q.question, c) for q, c in zip(questions, contexts)]
     cost = measure_cost(model, base.tokenizer, prompts, settings.cost_questions, settings.decode_tokens,
                         extra_seconds=retrieval_s)
-    return {"scores": score(questions, predictions), "cost": cost, "predictions": predictions}
+    return {"scores": score(questions, predictions), "by_form": score_by_form(questions, predictions), "cost": cost,
+            "predictions": predictions}
 
 
 def _training_cost(version: MemoryVersion) -> dict:

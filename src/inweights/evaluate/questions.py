@@ -6,6 +6,8 @@ A question file has one JSON object a line, of either kind (see docs/eval.md):
     {"question": "Who founded Acme?", "options": ["Ann", "Bob", "Cy", "Di"], "answer_index": 1, "doc": "acme.md"}
 
 `doc` (optional) names the question's source document: in-context evaluation puts that document in the prompt.
+`form` (optional) labels how the question relates to the text (for example "copied", "paraphrased", "reversed",
+"two-hop"); the report then scores each form on its own, so carry-over from the text to new wordings shows.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ class ShortAnswer:
     question: str
     answers: list[str]  # the gold answer first, then its aliases; a prediction matching any one counts
     doc: str | None = None
+    form: str | None = None  # "copied", "paraphrased", "reversed", "two-hop", ... (any label the file uses)
 
 
 @dataclass(frozen=True)
@@ -31,6 +34,7 @@ class MultipleChoice:
     options: list[str]
     answer_index: int
     doc: str | None = None
+    form: str | None = None
 
 
 Question = ShortAnswer | MultipleChoice
@@ -63,23 +67,25 @@ def load_questions(path: Path, limit: int | None = None) -> list[Question]:
 def _parse(row, where: str) -> Question:
     if not isinstance(row, dict) or not isinstance(row.get("question"), str) or not row["question"].strip():
         raise InweightsError(f"{where}: each line needs a non-empty \"question\" string")
-    doc = row.get("doc")
+    doc, form = row.get("doc"), row.get("form")
     if doc is not None and not isinstance(doc, str):
         raise InweightsError(f"{where}: \"doc\" must be a document name (a string)")
+    if form is not None and (not isinstance(form, str) or not form.strip()):
+        raise InweightsError(f"{where}: \"form\" must be a label (a non-empty string)")
     if "options" in row:
         options, index = row["options"], row.get("answer_index")
         if not isinstance(options, list) or len(options) < 2 or not all(isinstance(o, str) for o in options):
             raise InweightsError(f"{where}: \"options\" must be a list of at least 2 strings")
         if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < len(options):
             raise InweightsError(f"{where}: \"answer_index\" must be a whole number from 0 to {len(options) - 1}")
-        return MultipleChoice(row["question"].strip(), options, index, doc)
+        return MultipleChoice(row["question"].strip(), options, index, doc, form)
     answer, aliases = row.get("answer"), row.get("aliases", [])
     if not isinstance(answer, str) or not answer.strip():
         raise InweightsError(f"{where}: a short-answer question needs an \"answer\" string "
                              "(or \"options\" and \"answer_index\" for multiple choice)")
     if not isinstance(aliases, list) or not all(isinstance(a, str) for a in aliases):
         raise InweightsError(f"{where}: \"aliases\" must be a list of strings")
-    return ShortAnswer(row["question"].strip(), [answer] + [a for a in aliases if a != answer], doc)
+    return ShortAnswer(row["question"].strip(), [answer] + [a for a in aliases if a != answer], doc, form)
 
 
 def load_squad(path: Path, passages: int | None = None) -> tuple[dict[str, str], list[ShortAnswer]]:

@@ -42,6 +42,15 @@ def markdown(report: dict) -> str:
               "tasks vs the base model (0 for conditions that leave the weights alone). TTFT x and decode x: time to "
               "first token and decode speed as ratios to closed-book (batch 1, first "
               f"{report['settings']['cost_questions']} questions; RAG includes retrieval)."]
+    forms = sorted({form for c in report["conditions"].values() for form in c.get("by_form", {})})
+    if forms:
+        first = next(iter(report["conditions"].values()))["by_form"]
+        lines += ["", f"## By question form ({metric}, %)", "",
+                  "| condition | " + " | ".join(f"{f} (n={first[f]['n']})" if f in first else f for f in forms) + " |",
+                  "|---|" + "---|" * len(forms)]
+        for name, c in report["conditions"].items():
+            cells = [f"{100 * c['by_form'][f][metric]:.1f}" if f in c.get("by_form", {}) else "-" for f in forms]
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if report["forgetting"]:
         lines += ["", "## Forgetting (change vs base)", "", "| model | task | change |", "|---|---|---|"]
         for source, f in report["forgetting"].items():

@@ -37,9 +37,9 @@ def qa_example(question: str, answer: str, chunk, strategy: str, teacher: str) -
 
 
 def _strategies():
-    from inweights.synth import cloze, qa, rephrase, selfstudy
+    from inweights.synth import cloze, facts, qa, rephrase, selfstudy
 
-    return {m.NAME: m for m in (cloze, qa, rephrase, selfstudy)}
+    return {m.NAME: m for m in (cloze, facts, qa, rephrase, selfstudy)}
 
 
 class _Registry(dict):
@@ -144,6 +144,18 @@ def synthesize(chunks: Sequence, teacher, config, cache: ExampleCache, progress:
     for name, counter in stats.items():
         counter["examples"] = sum(1 for e in unique if e.strategy.split(":")[0] == name)
     return unique, {name: dict(c) for name, c in stats.items()}
+
+
+def diversity(examples: Sequence[Example], orders: Sequence[int] = (1, 2, 3)) -> dict:
+    """How varied the training text is: for n in `orders`, distinct n-grams over all n-grams (lowercased words of
+    prompt and completion; 1.0 means no n-gram repeats), and the examples of each kind (strategy tag)."""
+    out: dict = {}
+    words = [(e.prompt + " " + e.completion).lower().split() for e in examples]
+    for n in orders:
+        grams = [tuple(w[i:i + n]) for w in words for i in range(len(w) - n + 1)]
+        out[f"distinct_{n}"] = round(len(set(grams)) / len(grams), 4) if grams else 0.0
+    out["by_kind"] = dict(sorted(Counter(e.strategy for e in examples).items()))
+    return out
 
 
 def within_budget(examples: Sequence[Example], budget: int | None, count_tokens, seed: int = 0) -> list[Example]:
