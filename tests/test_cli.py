@@ -103,3 +103,16 @@ def test_a_missing_module_we_do_not_depend_on_is_a_bug_with_its_traceback():
     from inweights.errors import missing_dependency
 
     assert missing_dependency(ModuleNotFoundError("no", name="not_a_dependency_of_ours")) is None
+
+
+def test_demo_on_the_wiki_corpus_reports_each_question_form(tmp_path, workspace, tiny_model_dir, capsys):
+    import json
+
+    out = tmp_path / "demo.json"
+    assert main(["demo", "--corpus", "wiki", "--base", str(tiny_model_dir), "--epochs", "1", "--replay-fraction",
+                 "0", "--max-steps", "2", "--no-progress", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["corpus"] == "wiki" and result["memory"] == "demo-wiki@1" and result["questions"] == 40
+    assert set(result["accuracy_by_form"]) == {"copied", "paraphrased", "reversed", "two-hop"}
+    assert sum(f["n"] for f in result["accuracy_by_form"].values()) == 40
+    assert "two-hop" in capsys.readouterr().out

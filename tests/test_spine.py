@@ -218,3 +218,18 @@ def test_learn_with_the_distillation_objective(docs, workspace, tiny_model_dir, 
     version = learn([docs], "acme", config, base=base, progress=False)
     assert version.manifest["config"]["train"]["objective"] == "distill"
     assert version.manifest["training"]["loss_tokens"] > 0
+
+
+def test_qa_warmup_mixes_questions_about_the_general_text(docs, workspace, tiny_model_dir, base):
+    from inweights.train import plan_batches
+
+    config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("facts",), views=False),
+                         train=TrainConfig(epochs=1, replay_sequences=6, warmup_fraction=0.3, batch_tokens=512))
+    version = learn([docs], "acme", config, base=base, progress=False)
+    synth = version.manifest["synthetic"]
+    assert synth["warmup_examples"] > 0 and synth["replay_sequences"] > 0
+    # Each epoch: the examples, then replay and warm-up rows at their shares of all sequences.
+    plan = plan_batches([10] * 100, 50, 20, 0.2, 1, 10_000, seed=0, n_warmup=30, warmup_fraction=0.3)
+    rows = [i for batch in plan for i in batch]
+    assert sum(i < 50 for i in rows) == 50 and sum(50 <= i < 70 for i in rows) == 20
+    assert sum(i >= 70 for i in rows) == 30

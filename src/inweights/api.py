@@ -34,6 +34,7 @@ from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
 from inweights.train import train
+from inweights.warmup import warmup_examples
 
 log = logging.getLogger("inweights")
 
@@ -84,9 +85,14 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     t = time.perf_counter()
     train_config = resolve_train(config.train, len(examples))
     replay_cache = workspace.cache_dir("replay")
-    texts = replay_texts(base, train_config.replay_sequences if train_config.replay_fraction > 0 else 0,
-                         replay_cache, seed=train_config.seed)
-    replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
+    general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
+    texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed)
+    replay = (replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
+              if train_config.replay_fraction > 0 else [])
+    warmup = []
+    if train_config.warmup_fraction > 0:
+        warm = warmup_examples(texts, config.synth, cache, exclude_questions)
+        warmup = sft_rows(base.tokenizer, warm, train_config.max_seq_len, base.newline_id)
     timings["replay_s"] = time.perf_counter() - t
     t = time.perf_counter()
     tokenizer = base.tokenizer
@@ -114,6 +120,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
             "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
                            "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
             "synthetic": {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
+                          "warmup_examples": len(warmup),
                           "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
                           "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)},
@@ -126,14 +133,14 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
         }
 
     version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
-                                        describe, replay=replay, progress=progress)
+                                        describe, replay=replay, warmup=warmup, progress=progress)
     _say(progress, f"learned {memory!r} version {version.version} in {timings['total_s']:.0f}s "
                    f"({len(examples)} examples, {result.steps} steps, final loss {result.final_loss:.3f})")
     return version
 
 
 def train_and_publish(base: Base, train_config, items, n_examples: int, workspace: Workspace, memory: str,
-                      run_key: str, describe, *, replay=(), progress: bool = True):
+                      run_key: str, describe, *, replay=(), warmup=(), progress: bool = True):
     """Attach a fresh memory of `train_config.method` to the base, train it on `items` (resuming a checkpoint of
     the same `run_key`), publish it as the next version of `memory` with the manifest `describe(result)`, and
     give the caller its plain base model back. Returns (version, training result)."""
@@ -144,7 +151,7 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
         if hasattr(method, "prepare"):
             method.prepare(model, items, replay)
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
-                       progress=progress, replay=replay)
+                       progress=progress, replay=replay, warmup=warmup)
 
         def write(directory: Path) -> None:
             manifest = describe(result)

@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                                    "held-out questions with and without the memory and reports accuracy and "
                                    "perplexity on general text.")
     p.add_argument("--base", default=LearnConfig.base, help="base model (default: the embedded gemma-3-270m)")
-    p.add_argument("--memory", default="demo-handbook", help="memory name to write (default demo-handbook)")
+    p.add_argument("--corpus", choices=["handbook", "wiki"], default="handbook", help="handbook: a company "
+                   "handbook (default); wiki: wiki-style pages with questions labelled copied, paraphrased, "
+                   "reversed or two-hop")
+    p.add_argument("--memory", default=None, help="memory name to write (default demo-CORPUS)")
     p.add_argument("--out", default=None, help="also write the results as JSON to this file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_dataclass_options(p, SynthConfig, "synth")
@@ -232,7 +235,7 @@ def _demo(args) -> int:
 
     config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
                          train=_collect(args, TrainConfig, "train"))
-    result = run_demo(memory=args.memory, config=config, progress=not args.no_progress)
+    result = run_demo(memory=args.memory, config=config, progress=not args.no_progress, corpus=args.corpus)
     if args.out:
         with open(args.out, "w") as fh:
             json.dump(result, fh, indent=2)

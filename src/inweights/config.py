@@ -105,6 +105,10 @@ class TrainConfig:
     itself, trained toward the base model's own next-token distribution (KL over its top-k). 0 turns it off."""
     replay_sequences: int = 64
     """General-text samples generated once per base model and cached."""
+    warmup_fraction: float = 0.0
+    """QA warm-up: share of the training sequences that are questions and answers about other text (the facts
+    strategy run over the guard's general-text samples of the base model, never an evaluation set), which
+    trains the skill of answering from what is stored rather than the documents' facts. 0 turns it off."""
     checkpoint_every: int = 25
     """Steps between resumable checkpoints."""
     seed: int = 0
@@ -120,6 +124,9 @@ class TrainConfig:
             raise ValueError(f"unknown objective {self.objective!r}; choose sft or distill")
         if not 0.0 <= self.replay_fraction < 1.0:
             raise ValueError("replay_fraction must be in [0, 1)")
+        if not 0.0 <= self.warmup_fraction < 1.0 or self.replay_fraction + self.warmup_fraction >= 0.9:
+            raise ValueError("warmup_fraction must be in [0, 1) and leave at least 10% of the sequences to the "
+                             "documents (replay_fraction + warmup_fraction < 0.9)")
         if min(self.prefix_tokens, self.memory_slots, self.memory_topk, self.memory_trainable_rows) < 1:
             raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
         if self.rank < 1 or (self.lr is not None and self.lr <= 0) or self.batch_tokens < self.max_seq_len:

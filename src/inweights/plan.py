@@ -85,7 +85,7 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
         examples *= config.synth.budget / tokens
         tokens = float(config.synth.budget)
     train = resolve_train(config.train, max(int(examples), 1))
-    guard = 1.0 / (1.0 - train.replay_fraction)
+    guard = 1.0 / (1.0 - train.replay_fraction - train.warmup_fraction)
     train_tokens = int(tokens * train.epochs * guard)
     speed, source = _measured_speed(workspace, fingerprint, train.method)
     return Plan(documents=len(documents), words=words, chunks=len(chunks), synthetic_tokens=int(tokens),

@@ -70,10 +70,12 @@ def tokenize_replay(tokenizer, texts: Sequence[str], max_len: int) -> list[tuple
 
 
 def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_fraction: float, epochs: int,
-                 batch_tokens: int, seed: int) -> list[list[int]]:
-    """Batches of item indices for the whole run. Items 0..n_examples-1 are examples, the rest replay.
+                 batch_tokens: int, seed: int, n_warmup: int = 0, warmup_fraction: float = 0.0) -> list[list[int]]:
+    """Batches of item indices for the whole run. Items 0..n_examples-1 are examples, the next n_replay replay,
+    the last n_warmup warm-up rows.
 
-    Each epoch shuffles the examples, adds replay items so they make up `replay_fraction` of the sequences,
+    Each epoch shuffles the examples, adds replay items so they make up `replay_fraction` of the sequences
+    (and warm-up rows, `warmup_fraction`),
     sorts windows of 64 items by length (bucketing) and cuts them into batches under the token budget
     (rows x longest row). Batch order is shuffled again so lengths do not trend through an epoch.
     """
@@ -81,9 +83,13 @@ def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_
     plan: list[list[int]] = []
     for _ in range(epochs):
         items = list(range(n_examples))
+        shares = 1 - (replay_fraction if n_replay else 0.0) - (warmup_fraction if n_warmup else 0.0)
         if n_replay and replay_fraction > 0:
-            want = round(n_examples * replay_fraction / (1 - replay_fraction))
+            want = round(n_examples * replay_fraction / shares)
             items += [n_examples + rng.randrange(n_replay) for _ in range(want)]
+        if n_warmup and warmup_fraction > 0:
+            want = round(n_examples * warmup_fraction / shares)
+            items += [n_examples + n_replay + rng.randrange(n_warmup) for _ in range(want)]
         rng.shuffle(items)
         epoch_batches = []
         for start in range(0, len(items), 64):
@@ -137,20 +143,24 @@ def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
           run_dir: Path, progress: bool = True,
-          replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = ()) -> TrainResult:
+          replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = (),
+          warmup: Sequence[tuple[list[int], list[int]]] = ()) -> TrainResult:
     """Train the model's trainable parameters on `items`, rows of (ids, labels) with hard-label loss or
     (ids, labels, (start, top-k ids, top-k log-probs)) with soft targets (see objectives.py), mixed with the
-    `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard.
+    `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard, and the `warmup` rows
+    (ids, labels: questions and answers about other text) at `config.warmup_fraction` of the sequences.
 
     The first `n_examples` items are the examples that set the epoch size; any further items are extra
     hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run.
     """
     items = list(items) + [(ids, [IGNORE] * len(ids), (0, top_ids, top_logprobs))
                            for ids, top_ids, top_logprobs in replay]
+    n_replay = len(items) - n_examples
+    items += list(warmup)
     torch.manual_seed(config.seed)
     lengths = [len(item[0]) for item in items]
-    plan = plan_batches(lengths, n_examples, len(items) - n_examples, config.replay_fraction, config.epochs,
-                        config.batch_tokens, config.seed)
+    plan = plan_batches(lengths, n_examples, n_replay, config.replay_fraction, config.epochs, config.batch_tokens,
+                        config.seed, n_warmup=len(warmup), warmup_fraction=config.warmup_fraction)
     total = min(len(plan), config.max_steps) if config.max_steps else len(plan)
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
