@@ -48,6 +48,7 @@ KNOBS = {
     "mk": ("topk", int, "train", "memory_topk", "memory-layer rows read per token"),
     "ep": ("epochs", int, "train", "epochs", "training epochs"),
     "vw": ("views", int, "synth", "views", "facts: statements, reorders and shuffled passages (1 on, 0 off)"),
+    "wf": ("warmup", float, "train", "warmup_fraction", "QA warm-up share of the sequences"),
 }
 
 
@@ -66,6 +67,7 @@ class Point:
     topk: int | None = None  # memory_layer: rows each token reads (TrainConfig.memory_topk); None: its default
     epochs: int | None = None  # passes over the synthetic data (TrainConfig.epochs); None: derived by learn
     views: int | None = None  # facts: the plain-text views (SynthConfig.views, 1 or 0); None: its default
+    warmup: float | None = None  # QA warm-up share (TrainConfig.warmup_fraction); None: its default
 
     @property
     def name(self) -> str:
