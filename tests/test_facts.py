@@ -78,7 +78,7 @@ TEXT = ("Fjordlight Instruments was founded by Ingrid Vassbotn in 2011. She open
 
 def test_facts_strategy_makes_questions_clozes_and_views():
     stats = Counter()
-    examples = facts.make(FakeChunk(TEXT), None, SynthConfig(strategies=("facts",)), stats)
+    examples = facts.make(FakeChunk(TEXT), None, SynthConfig(strategies=("facts",), views=True), stats)
     kinds = Counter(e.strategy for e in examples)
     assert kinds["facts:question"] >= 4 and kinds["facts:cloze"] == stats["facts"] >= 6
     assert kinds["facts:statement"] == 4 and kinds["facts:shuffle"] >= 1
@@ -97,7 +97,7 @@ def test_facts_strategy_makes_questions_clozes_and_views():
 def test_facts_per_sentence_caps_the_facts():
     few = facts.make(FakeChunk(TEXT), None, SynthConfig(strategies=("facts",), facts_per_sentence=1,
                                                         views=False), Counter())
-    many = facts.make(FakeChunk(TEXT), None, SynthConfig(strategies=("facts",), views=False), Counter())
+    many = facts.make(FakeChunk(TEXT), None, SynthConfig(strategies=("facts",)), Counter())
     assert sum(e.strategy == "facts:cloze" for e in few) == 4 < sum(e.strategy == "facts:cloze" for e in many)
 
 

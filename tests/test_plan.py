@@ -37,8 +37,9 @@ def test_plan_scales_a_measured_sample_to_the_corpus(base, workspace):
     assert plan.synthetic_tokens == pytest.approx(per_chunk * plan.words, rel=0.01)
     assert plan.tokens_per_s == DEFAULT_TOKENS_PER_S["lora"]  # nothing trained in this workspace yet
     assert plan.train_tokens == pytest.approx(plan.synthetic_tokens * plan.epochs / 0.8, rel=0.01)
-    capped = make_plan(documents, chunks, LearnConfig(base="tiny", synth=SynthConfig(budget=100)), base.tokenizer,
-                       base.fingerprint, Workspace(), (examples, sampled))
+    capped_config = LearnConfig(base="tiny", synth=SynthConfig(strategies=("cloze",), budget=100))
+    capped = make_plan(documents, chunks, capped_config, base.tokenizer, base.fingerprint, Workspace(),
+                       (examples, sampled))
     assert capped.synthetic_tokens == 100 and "estimated time" in capped.render()
 
 

@@ -31,7 +31,7 @@ def test_embedded_model_loads_from_cache_and_answers_closed_book(gemma):
 def test_learn_a_tiny_corpus_on_the_real_model(gemma, tmp_path, monkeypatch):
     monkeypatch.setenv("INWEIGHTS_HOME", str(tmp_path / "home"))
     (tmp_path / "doc.md").write_text(DOC)
-    config = LearnConfig(synth=SynthConfig(strategies=("cloze",)),
+    config = LearnConfig(synth=SynthConfig(),  # the default strategy: natural questions from the parser
                          train=TrainConfig(epochs=4, lr=1e-3, replay_sequences=8, rank=8))
     version = learn([tmp_path / "doc.md"], "fjord", config, base=gemma, progress=False)
     manifest = version.manifest

@@ -41,14 +41,14 @@ log = logging.getLogger("inweights")
 
 def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None = None, *,
           base: Base | None = None, workspace: Workspace | None = None, exclude_questions: Sequence[str] = (),
-          progress: bool = True, yes: bool = False) -> MemoryVersion:
+          progress: bool = True, yes: bool = False, show_plan: bool | None = None) -> MemoryVersion:
     """Learn documents into a new version of the named memory and return it.
 
     `exclude_questions`: evaluation questions that must not appear in the training data: examples that contain
     one are dropped (and counted in the manifest), then the training set is checked again. `base`: an already
     loaded base model to reuse (it must match `config.base`). Before synthesis the plan (documents, words,
-    chunks, synthetic tokens, estimated time) is printed; a job estimated past an hour raises InweightsError
-    unless `yes` (or a `budget` that brings it under).
+    chunks, synthetic tokens, estimated time) is printed (when `show_plan`, by default with `progress`); a job
+    estimated past an hour raises InweightsError unless `yes` (or a `budget` that brings it under).
     """
     validate_name(memory)
     config = config or LearnConfig()
@@ -62,7 +62,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     chunks = chunk_documents(documents, base.tokenizer, max_tokens=config.synth.chunk_tokens)
     cache = ExampleCache(workspace.cache_dir("synth"))
     plan = _plan(documents, chunks, config, base, workspace, cache)
-    _say(progress, plan.render())
+    _say(progress if show_plan is None else show_plan, plan.render())
     if plan.seconds > CONFIRM_ABOVE_S and not yes:
         fewer = (f"learn fewer synthetic tokens with --budget N (for example --budget {_budget_for_an_hour(plan)})"
                  if plan.synth_seconds < 0.9 * CONFIRM_ABOVE_S else "learn fewer documents at a time")

@@ -168,7 +168,7 @@ def _learn(args) -> int:
 
     config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
                          train=_collect(args, TrainConfig, "train"))
-    version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes)
+    version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes, show_plan=True)
     print(f"memory {version.ref} written to {version.path}")
     print(f'ask it:  inweights ask {args.memory} "your question"')
     return 0
