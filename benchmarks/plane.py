@@ -49,6 +49,8 @@ KNOBS = {
     "ep": ("epochs", int, "train", "epochs", "training epochs"),
     "vw": ("views", int, "synth", "views", "facts: statements, reorders and shuffled passages (1 on, 0 off)"),
     "wf": ("warmup", float, "train", "warmup_fraction", "QA warm-up share of the sequences"),
+    "ho": ("holdout", float, "train", "holdout", "share of facts with a wording held out for early stopping"),
+    "ex": ("exposures", int, "train", "exposures", "target exposures per fact (sets the epochs)"),
 }
 
 
@@ -68,6 +70,8 @@ class Point:
     epochs: int | None = None  # passes over the synthetic data (TrainConfig.epochs); None: derived by learn
     views: int | None = None  # facts: the plain-text views (SynthConfig.views, 1 or 0); None: its default
     warmup: float | None = None  # QA warm-up share (TrainConfig.warmup_fraction); None: its default
+    holdout: float | None = None  # early stopping on held-out wordings (TrainConfig.holdout); None: its default
+    exposures: int | None = None  # target exposures per fact (TrainConfig.exposures); None: its default
 
     @property
     def name(self) -> str:

@@ -233,3 +233,13 @@ def test_qa_warmup_mixes_questions_about_the_general_text(docs, workspace, tiny_
     rows = [i for batch in plan for i in batch]
     assert sum(i < 50 for i in rows) == 50 and sum(50 <= i < 70 for i in rows) == 20
     assert sum(i >= 70 for i in rows) == 30
+
+
+def test_held_out_wordings_are_measured_and_recorded(docs, workspace, tiny_model_dir, base):
+    config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(),
+                         train=TrainConfig(exposures=4, holdout=0.3, checkpoint_every=2, replay_fraction=0.0,
+                                           batch_tokens=512))
+    m = learn([docs], "acme", config, base=base, progress=False).manifest
+    assert m["synthetic"]["held_out_wordings"] > 0 and m["synthetic"]["items_per_fact"] > 1
+    assert m["config"]["train"]["epochs"] == -(-4 // m["synthetic"]["items_per_fact"])  # ceil(exposures / items)
+    assert m["training"]["validation"] and m["training"]["best_step"] is not None

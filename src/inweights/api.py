@@ -29,7 +29,8 @@ from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
 from inweights.prompt import qa_prompt
-from inweights.synth import ExampleCache, assert_no_leak, diversity, drop_eval_overlap, synthesize, within_budget
+from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
+                              items_per_fact, synthesize, within_budget)
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
@@ -83,7 +84,10 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     timings["synthesize_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    train_config = resolve_train(config.train, len(examples))
+    held_out: list = []
+    if config.train.holdout > 0:
+        examples, held_out = hold_out_wordings(examples, config.train.holdout, seed=config.train.seed)
+    train_config = resolve_train(config.train, len(examples), items_per_fact(examples))
     replay_cache = workspace.cache_dir("replay")
     general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
     texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed)
@@ -101,6 +105,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
                              base.newline_id, workspace.cache_dir("distill"), progress=progress)
     else:
         items = sft_rows(tokenizer, examples, train_config.max_seq_len, base.newline_id)
+    validation = sft_rows(tokenizer, held_out, train_config.max_seq_len, base.newline_id) if held_out else []
     timings["targets_s"] = time.perf_counter() - t
 
     resolved = replace(config, train=train_config)
@@ -120,7 +125,8 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
             "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
                            "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
             "synthetic": {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
-                          "warmup_examples": len(warmup),
+                          "warmup_examples": len(warmup), "held_out_wordings": len(held_out),
+                          "items_per_fact": items_per_fact(examples),
                           "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
                           "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)},
@@ -133,14 +139,15 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
         }
 
     version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
-                                        describe, replay=replay, warmup=warmup, progress=progress)
+                                        describe, replay=replay, warmup=warmup, validation=validation,
+                                        progress=progress)
     _say(progress, f"learned {memory!r} version {version.version} in {timings['total_s']:.0f}s "
                    f"({len(examples)} examples, {result.steps} steps, final loss {result.final_loss:.3f})")
     return version
 
 
 def train_and_publish(base: Base, train_config, items, n_examples: int, workspace: Workspace, memory: str,
-                      run_key: str, describe, *, replay=(), warmup=(), progress: bool = True):
+                      run_key: str, describe, *, replay=(), warmup=(), validation=(), progress: bool = True):
     """Attach a fresh memory of `train_config.method` to the base, train it on `items` (resuming a checkpoint of
     the same `run_key`), publish it as the next version of `memory` with the manifest `describe(result)`, and
     give the caller its plain base model back. Returns (version, training result)."""
@@ -151,7 +158,7 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
         if hasattr(method, "prepare"):
             method.prepare(model, items, replay)
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
-                       progress=progress, replay=replay, warmup=warmup)
+                       progress=progress, replay=replay, warmup=warmup, validation=validation)
 
         def write(directory: Path) -> None:
             manifest = describe(result)

@@ -113,7 +113,16 @@ class TrainConfig:
     strategy run over the guard's general-text samples of the base model, never an evaluation set), which
     trains the skill of answering from what is stored rather than the documents' facts. 0 turns it off."""
     checkpoint_every: int = 25
-    """Steps between resumable checkpoints."""
+    """Steps between resumable checkpoints (and between measurements of the held-out loss)."""
+    holdout: float = 0.0
+    """Early stopping on held-out wordings: this share of the facts that are asked in two or more ways has one
+    of its questions kept out of training; their loss is measured every checkpoint_every steps, training stops
+    once it has not improved for `patience` measurements, and the best weights are kept. 0 turns it off."""
+    patience: int = 2
+    """Measurements of the held-out loss without improvement before training stops (with holdout)."""
+    exposures: int | None = None
+    """Target number of times each fact is trained on, over all its wordings and epochs: when set (and epochs is
+    not), epochs = exposures / the items per fact the strategies made (at most 30)."""
     seed: int = 0
     """Seed of initialisation, batch order and replay choice: the same seed and data give the same memory."""
 
@@ -132,6 +141,8 @@ class TrainConfig:
                              "documents (replay_fraction + warmup_fraction < 0.9)")
         if min(self.prefix_tokens, self.memory_slots, self.memory_topk, self.memory_trainable_rows) < 1:
             raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
+        if not 0.0 <= self.holdout < 0.5 or self.patience < 1 or (self.exposures is not None and self.exposures < 1):
+            raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
         if self.rank < 1 or (self.lr is not None and self.lr <= 0) or self.batch_tokens < self.max_seq_len:
             raise ValueError("need rank >= 1, lr > 0 and batch_tokens >= max_seq_len")
 
@@ -161,14 +172,16 @@ class LearnConfig:
                    train=_build(TrainConfig, data["train"]))
 
 
-def resolve_train(train: TrainConfig, n_examples: int) -> TrainConfig:
+def resolve_train(train: TrainConfig, n_examples: int, items_per_fact: float | None = None) -> TrainConfig:
     """Fill in what was left to the defaults: the learning rate of the method, and the number of epochs from
     the data volume (small corpora need more passes to be remembered, large ones fewer and each pass is more
-    expensive: roughly 4 epochs at 200 examples, 2 at 2,000)."""
+    expensive: roughly 4 epochs at 200 examples, 2 at 2,000), or from `exposures` and the measured items per fact."""
     if train.lr is None:
         train = replace(train, lr=train.peak_lr)
     if train.epochs is not None:
         return train
+    if train.exposures is not None and items_per_fact:
+        return replace(train, epochs=max(1, min(30, math.ceil(train.exposures / items_per_fact))))
     epochs = int(round(min(6, max(2, 4 - 2 * math.log10(max(n_examples, 1) / 200)))))
     return replace(train, epochs=epochs)
 

@@ -61,7 +61,7 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
               workspace, sample: Sequence | None = None) -> Plan:
     """The plan for learning `chunks` with `config`. `sample`: (examples, chunks) already synthesized by the
     LLM-free strategies on a sample of the chunks (see `sample_chunks`)."""
-    from inweights.synth import STRATEGIES
+    from inweights.synth import STRATEGIES, items_per_fact
 
     words = sum(len(d.text.split()) for d in documents)
     tokens = 0.0
@@ -84,7 +84,8 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
     if config.synth.budget is not None and tokens > config.synth.budget:
         examples *= config.synth.budget / tokens
         tokens = float(config.synth.budget)
-    train = resolve_train(config.train, max(int(examples), 1))
+    per_fact = items_per_fact(list(sample_examples)) if sample_examples else None
+    train = resolve_train(config.train, max(int(examples), 1), per_fact)
     guard = 1.0 / (1.0 - train.replay_fraction - train.warmup_fraction)
     train_tokens = int(tokens * train.epochs * guard)
     speed, source = _measured_speed(workspace, fingerprint, train.method)

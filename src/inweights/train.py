@@ -39,6 +39,9 @@ class TrainResult:
     resumed_from_step: int = 0
     trainable_parameters: int = 0
     losses: list[float] = field(default_factory=list)
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, loss on held-out wordings)
+    best_step: int | None = None  # the step whose weights were kept, when a validation set was given
+    stopped_early: bool = False
 
 
 def tokenize_example(tokenizer, prompt: str, completion: str, max_len: int, end_id: int | None
@@ -144,11 +147,16 @@ def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
           run_dir: Path, progress: bool = True,
           replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = (),
-          warmup: Sequence[tuple[list[int], list[int]]] = ()) -> TrainResult:
+          warmup: Sequence[tuple[list[int], list[int]]] = (),
+          validation: Sequence[tuple[list[int], list[int]]] = ()) -> TrainResult:
     """Train the model's trainable parameters on `items`, rows of (ids, labels) with hard-label loss or
     (ids, labels, (start, top-k ids, top-k log-probs)) with soft targets (see objectives.py), mixed with the
     `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard, and the `warmup` rows
     (ids, labels: questions and answers about other text) at `config.warmup_fraction` of the sequences.
+
+    With `validation` rows (held-out wordings of trained facts), their loss is measured every
+    `config.checkpoint_every` steps; training stops once it has not improved for `config.patience` measurements,
+    and the weights of the best measurement are kept. (A resumed run starts the best-so-far afresh.)
 
     The first `n_examples` items are the examples that set the epoch size; any further items are extra
     hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run.
@@ -175,6 +183,8 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     pad = tokenizer.pad_token_id
     bar = tqdm(range(start, total), desc="train", unit="step", disable=not progress, initial=start, total=total)
     t0 = time.perf_counter()
+    best: tuple[float, int, dict] | None = None  # (loss, step, weights)
+    waited = 0
     for step in bar:
         batch = [items[i] for i in plan[step]]
         width = max(len(item[0]) for item in batch)
@@ -197,11 +207,54 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
             _save_checkpoint(checkpoint, params, optimizer, step + 1, total)
+        if validation and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total):
+            held_out = validation_loss(model, validation, pad, config.batch_tokens)
+            result.validation.append((step + 1, round(held_out, 4)))
+            bar.set_postfix(loss=f"{loss.item():.3f}", held_out=f"{held_out:.3f}")
+            if best is None or held_out < best[0]:
+                best, waited = (held_out, step + 1, {n: p.detach().clone() for n, p in params.items()}), 0
+            else:
+                waited += 1
+                if waited >= config.patience:
+                    result.stopped_early = step + 1 < total
+                    break
+    if best is not None:
+        result.best_step = best[1]
+        with torch.no_grad():
+            for name, value in best[2].items():
+                params[name].copy_(value)
     model.eval()
     result.seconds = time.perf_counter() - t0
     result.final_loss = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1) if result.losses else float("nan")
     shutil.rmtree(checkpoint, ignore_errors=True)
     return result
+
+
+@torch.no_grad()
+def validation_loss(model, rows: Sequence[tuple[list[int], list[int]]], pad: int, batch_tokens: int) -> float:
+    """Mean completion loss per scored token over `rows` (ids, labels), in batches under the token budget."""
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+    total, count = 0.0, 0
+    start = 0
+    while start < len(order):
+        width = len(rows[order[start]][0])
+        end = start + 1
+        while end < len(order) and len(rows[order[end]][0]) * (end - start + 1) <= batch_tokens:
+            end += 1
+        batch = [rows[i] for i in order[start:end]]
+        width = max(len(r[0]) for r in batch)
+        input_ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in batch])
+        labels = torch.tensor([r[1] + [IGNORE] * (width - len(r[1])) for r in batch])
+        mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in batch])
+        scored = int((labels[:, 1:] != IGNORE).sum())
+        total += completion_loss(model, input_ids, mask, labels).item() * scored
+        count += scored
+        start = end
+    if was_training:
+        model.train()
+    return total / max(count, 1)
 
 
 def _lr_factor(step: int, total: int) -> float:

@@ -158,6 +158,33 @@ def diversity(examples: Sequence[Example], orders: Sequence[int] = (1, 2, 3)) ->
     return out
 
 
+def _facts_of(examples: Sequence[Example]) -> dict[tuple[str, str], list[int]]:
+    """Question examples grouped by fact: the same answer from the same chunk, however it is asked."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    for i, example in enumerate(examples):
+        if example.prompt.startswith("Question:"):
+            groups.setdefault((example.chunk_sha256, example.completion.strip()), []).append(i)
+    return groups
+
+
+def items_per_fact(examples: Sequence[Example]) -> float | None:
+    """How many question examples each fact has on average (None when there are none)."""
+    groups = _facts_of(examples)
+    return sum(map(len, groups.values())) / len(groups) if groups else None
+
+
+def hold_out_wordings(examples: Sequence[Example], share: float, seed: int = 0
+                      ) -> tuple[list[Example], list[Example]]:
+    """(kept, held out): for a seeded `share` of the facts asked in two or more ways, one of their questions
+    leaves the training set. Its loss tells whether the memory answers a wording it never saw."""
+    rng = random.Random(seed)
+    held: set[int] = set()
+    for _, members in sorted(_facts_of(examples).items()):
+        if len(members) >= 2 and rng.random() < share:
+            held.add(rng.choice(members))
+    return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
+
+
 def within_budget(examples: Sequence[Example], budget: int | None, count_tokens, seed: int = 0) -> list[Example]:
     """At most `budget` tokens (prompt + completion, by `count_tokens(example)`) of examples, taken in a seeded
     round-robin over (chunk, kind) groups so that every chunk and every seed type is represented before any
