@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "epochs": m["config"]["train"]["epochs"], "lr": m["config"]["train"]["lr"],
                 "train_s": m["training"]["seconds"], "learn_s": learn_s, "eval_s": eval_s,
                 "final_loss": m["training"].get("final_loss"), "loss_curve": m["training"].get("loss_curve"),
+                "validation": m["training"].get("validation"), "best_step": m["training"].get("best_step"),
+                "stopped_early": m["training"].get("stopped_early"),
                 "trainable_parameters": m["training"].get("trainable_parameters"),
                 "predictions": answers[:20],
             }
