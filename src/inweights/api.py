@@ -30,7 +30,7 @@ from inweights.models import Base, load_base
 from inweights.store import MemoryVersion, Workspace, validate_name
 from inweights.prompt import qa_prompt
 from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
-                              items_per_fact, synthesize, within_budget)
+                              items_per_fact, synthesize, token_counter, within_budget)
 from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
@@ -76,7 +76,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     examples, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
     examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
     pool = len(examples)
-    examples = within_budget(examples, config.synth.budget, _token_counter(base.tokenizer),
+    examples = within_budget(examples, config.synth.budget, token_counter(base.tokenizer),
                              seed=config.train.seed)
     if not examples:
         raise InweightsError("no training examples could be made from these documents")
@@ -87,7 +87,8 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     held_out: list = []
     if config.train.holdout > 0:
         examples, held_out = hold_out_wordings(examples, config.train.holdout, seed=config.train.seed)
-    train_config = resolve_train(config.train, len(examples), items_per_fact(examples))
+    per_fact = items_per_fact(examples)
+    train_config = resolve_train(config.train, len(examples), per_fact)
     replay_cache = workspace.cache_dir("replay")
     general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
     texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed)
@@ -126,7 +127,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
                            "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
             "synthetic": {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
                           "warmup_examples": len(warmup), "held_out_wordings": len(held_out),
-                          "items_per_fact": items_per_fact(examples),
+                          "items_per_fact": per_fact,
                           "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
                           "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)},
@@ -238,13 +239,6 @@ def _budget_for_an_hour(plan: Plan) -> int:
     budget = max(1000, int(0.9 * (CONFIRM_ABOVE_S - plan.synth_seconds) / max(per_token, 1e-9)))
     magnitude = 10 ** max(len(str(budget)) - 2, 0)
     return budget // magnitude * magnitude
-
-
-def _token_counter(tokenizer):
-    def count(example) -> int:
-        return len(tokenizer(example.prompt + example.completion, add_special_tokens=False)["input_ids"])
-
-    return count
 
 
 def _strategy(name: str):

@@ -12,7 +12,6 @@ Estimates come from measurements, not guesses:
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, replace
 from typing import Sequence
@@ -61,12 +60,13 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
               workspace, sample: Sequence | None = None) -> Plan:
     """The plan for learning `chunks` with `config`. `sample`: (examples, chunks) already synthesized by the
     LLM-free strategies on a sample of the chunks (see `sample_chunks`)."""
-    from inweights.synth import STRATEGIES, items_per_fact
+    from inweights.synth import STRATEGIES, items_per_fact, token_counter
 
     words = sum(len(d.text.split()) for d in documents)
     tokens = 0.0
     examples = 0.0
     synth_seconds = 0.0
+    count_tokens = token_counter(tokenizer)
     sample_examples, sampled = sample if sample is not None else ((), ())
     sample_words = sum(len(c.text.split()) for c in sampled) or 1
     for name in config.synth.strategies:
@@ -77,7 +77,7 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
             synth_seconds += words / TEACHER_WORDS_PER_S
         else:
             mine = [e for e in sample_examples if e.strategy.split(":")[0] == name]
-            made = sum(len(tokenizer(e.prompt + e.completion, add_special_tokens=False)["input_ids"]) for e in mine)
+            made = sum(map(count_tokens, mine))
             tokens += made / sample_words * words
             examples += len(mine) / sample_words * words
             synth_seconds += words / SYNTH_WORDS_PER_S
@@ -130,7 +130,7 @@ def _measured_speed(workspace, fingerprint: str, method: str) -> tuple[float, st
     for name in workspace.memories():
         for version in workspace.versions(name):
             try:
-                manifest = json.loads((version.path / "manifest.json").read_text())
+                manifest = version.manifest
             except (OSError, ValueError):
                 continue
             if manifest.get("base", {}).get("fingerprint") != fingerprint or manifest.get("method") != method:

@@ -187,10 +187,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     waited = 0
     for step in bar:
         batch = [items[i] for i in plan[step]]
-        width = max(len(item[0]) for item in batch)
-        input_ids = torch.tensor([item[0] + [pad] * (width - len(item[0])) for item in batch])
-        labels = torch.tensor([item[1] + [IGNORE] * (width - len(item[1])) for item in batch])
-        mask = torch.tensor([[1] * len(item[0]) + [0] * (width - len(item[0])) for item in batch])
+        input_ids, labels, mask = _pad_rows(batch, pad)
         soft = [(row, *item[2]) for row, item in enumerate(batch) if len(item) > 2]
         for group in optimizer.param_groups:  # the schedule is a function of the step: nothing to restore
             group["lr"] = lr * _lr_factor(step, total)
@@ -239,15 +236,10 @@ def validation_loss(model, rows: Sequence[tuple[list[int], list[int]]], pad: int
     total, count = 0.0, 0
     start = 0
     while start < len(order):
-        width = len(rows[order[start]][0])
         end = start + 1
         while end < len(order) and len(rows[order[end]][0]) * (end - start + 1) <= batch_tokens:
             end += 1
-        batch = [rows[i] for i in order[start:end]]
-        width = max(len(r[0]) for r in batch)
-        input_ids = torch.tensor([r[0] + [pad] * (width - len(r[0])) for r in batch])
-        labels = torch.tensor([r[1] + [IGNORE] * (width - len(r[1])) for r in batch])
-        mask = torch.tensor([[1] * len(r[0]) + [0] * (width - len(r[0])) for r in batch])
+        input_ids, labels, mask = _pad_rows([rows[i] for i in order[start:end]], pad)
         scored = int((labels[:, 1:] != IGNORE).sum())
         total += completion_loss(model, input_ids, mask, labels).item() * scored
         count += scored
@@ -255,6 +247,15 @@ def validation_loss(model, rows: Sequence[tuple[list[int], list[int]]], pad: int
     if was_training:
         model.train()
     return total / max(count, 1)
+
+
+def _pad_rows(batch: Sequence[tuple], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of (ids, labels, ...) padded on the right to the longest: input ids, labels, attention mask."""
+    width = max(len(row[0]) for row in batch)
+    input_ids = torch.tensor([row[0] + [pad] * (width - len(row[0])) for row in batch])
+    labels = torch.tensor([row[1] + [IGNORE] * (width - len(row[1])) for row in batch])
+    mask = torch.tensor([[1] * len(row[0]) + [0] * (width - len(row[0])) for row in batch])
+    return input_ids, labels, mask
 
 
 def _lr_factor(step: int, total: int) -> float:

@@ -185,6 +185,14 @@ def hold_out_wordings(examples: Sequence[Example], share: float, seed: int = 0
     return ([e for i, e in enumerate(examples) if i not in held], [e for i, e in enumerate(examples) if i in held])
 
 
+def token_counter(tokenizer):
+    """A function giving an example's token count (prompt + completion, no special tokens)."""
+    def count(example: Example) -> int:
+        return len(tokenizer(example.prompt + example.completion, add_special_tokens=False)["input_ids"])
+
+    return count
+
+
 def within_budget(examples: Sequence[Example], budget: int | None, count_tokens, seed: int = 0) -> list[Example]:
     """At most `budget` tokens (prompt + completion, by `count_tokens(example)`) of examples, taken in a seeded
     round-robin over (chunk, kind) groups so that every chunk and every seed type is represented before any

@@ -53,6 +53,7 @@ class Fact:
     questions: tuple[str, ...]  # differently worded questions, the most natural first
     cloze: str              # the sentence with the answer blanked out
     role: str               # "subject", "object", "time", "place", "agent", "other", "nested"
+    kinds: tuple[str, ...]  # how each question is worded: "question" (fronted), "short" (clause core), "insitu"
 
 
 @dataclass
@@ -71,7 +72,7 @@ def analyse(text: str, max_facts: int = 8) -> list[Sentence]:
     for sent in (s for doc in docs for s in doc.sents):
         if len([t for t in sent if t.is_alpha]) < 3:
             continue
-        resolved, mapping = _resolve(sent, antecedents)
+        resolved = _resolve(sent, antecedents)
         _remember(sent, antecedents)
         if resolved != sent.text.strip():
             # Parse the resolved sentence again: the questions are built from its own tokens.
@@ -85,9 +86,9 @@ def analyse(text: str, max_facts: int = 8) -> list[Sentence]:
 
 # --- pronouns ---
 
-def _resolve(sent, antecedents: dict[str, str]) -> tuple[str, dict]:
+def _resolve(sent, antecedents: dict[str, str]) -> str:
     """The sentence with its personal pronouns replaced by the last named subject of the matching kind."""
-    parts, mapping = [], {}
+    parts = []
     for token in sent:
         low = token.lower_
         kind = ("person" if low in _PERSON_PRONOUNS else "thing" if low in _THING_PRONOUNS
@@ -96,15 +97,14 @@ def _resolve(sent, antecedents: dict[str, str]) -> tuple[str, dict]:
         if name and low == "it" and _expletive(token):
             name = None
         if name:
-            replacement = f"{name}'s" if low in _POSSESSIVE and token.tag_ == "PRP$" else name
-            if low == "her" and token.dep_ == "poss":
-                replacement = f"{name}'s"
-            mapping[token.i] = replacement
+            # Possessive by its tag, or by its role where the tagger took a possessive "her" for an object.
+            possessive = low in _POSSESSIVE and (token.tag_ == "PRP$" or token.dep_ == "poss")
+            replacement = f"{name}'s" if possessive else name
             parts.append(replacement + token.whitespace_)
         else:
             parts.append(token.text_with_ws)
     text = "".join(parts).strip()
-    return (text[0].upper() + text[1:] if text else text), mapping
+    return text[0].upper() + text[1:] if text else text
 
 
 def _topics(docs) -> dict[str, str]:
@@ -196,17 +196,19 @@ def _facts(sent) -> list[Fact]:
             if (answer.start, answer.end) in taken:
                 continue
             kind = _kind(answer)
-            questions = [q for q in (_fronted(head, subject, clause, phrase, answer, role, compact=False),
-                                     _fronted(head, subject, clause, phrase, answer, role, compact=True))
-                         if q and len(q.split()) <= MAX_QUESTION_WORDS]
-            if not questions:
+            asked: dict[str, str] = {}  # question -> how it is worded; a wording met twice keeps its first
+            for wording, compact in (("question", False), ("short", True)):
+                question = _fronted(head, subject, clause, phrase, answer, role, compact=compact)
+                if question and len(question.split()) <= MAX_QUESTION_WORDS:
+                    asked.setdefault(question, wording)
+            if not asked:
                 continue
             if phrase.start > sent.start:  # in situ at the very start would be the fronted question again
-                questions.append(_in_situ(sent, phrase, "TIME_PHRASE") if role == "time" else
+                asked.setdefault(_in_situ(sent, phrase, "TIME_PHRASE") if role == "time" else
                                  _in_situ(sent, phrase, "PLACE_PHRASE") if role == "place" else
-                                 _in_situ(sent, answer, kind))
-            facts.append(Fact(_clean(sent.text), _answer_text(answer), kind, tuple(dict.fromkeys(questions)),
-                              _cloze(sent, answer), role))
+                                 _in_situ(sent, answer, kind), "insitu")
+            facts.append(Fact(_clean(sent.text), _answer_text(answer), kind, tuple(asked), _cloze(sent, answer),
+                              role, tuple(asked.values())))
             taken.add((answer.start, answer.end))
     # Entities nested deeper (inside an object or a modifier): asked in situ and as a cloze.
     for ent in sent.ents:
@@ -214,7 +216,7 @@ def _facts(sent) -> list[Fact]:
                 ent.root.dep_ == "compound":  # "Denver" in "Denver Broncos" is part of a name, not a fact
             continue
         facts.append(Fact(_clean(sent.text), _answer_text(ent), ent.label_, (_in_situ(sent, ent, ent.label_),),
-                          _cloze(sent, ent), "nested"))
+                          _cloze(sent, ent), "nested", ("insitu",)))
         taken.add((ent.start, ent.end))
     return [f for f in facts if f.answer and f.answer.lower() not in ("he", "she", "it", "they")]
 
