@@ -101,3 +101,30 @@ def test_learn_and_ask_with_every_method(name, base, tmp_path, tiny_model_dir):
         loaded.close()
     after = dict(base.model.named_parameters())
     assert set(after) == set(before) and all(torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.parametrize("name", ["lora", "tinylora", "full", "cartridge"])
+def test_resume_attaches_a_saved_memory_trainable(name, base, tmp_path):
+    """`learn --update` goes on training a saved memory: resume gives the saved outputs, with the memory's
+    parameters (and only those) trainable, and detaches back to the exact base."""
+    method = METHODS[name]
+    config = TrainConfig(method=name, **SMALL[name])
+    ids = torch.tensor([[2, 5, 6, 7, 8, 9, 10]])
+    reference = _logits(base.model, ids)
+    model = method.attach(base.model, config)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    trained = _logits(model, ids)
+    attached = {n for n, p in model.named_parameters() if p.requires_grad}
+    method.save(model, tmp_path)
+    plain = method.detach(model)
+    resumed = method.resume(plain, tmp_path, config)
+    try:
+        assert torch.allclose(_logits(resumed, ids), trained, atol=1e-5)
+        assert {n for n, p in resumed.named_parameters() if p.requires_grad} == attached
+    finally:
+        plain = method.detach(resumed)
+    assert torch.equal(_logits(plain, ids), reference)

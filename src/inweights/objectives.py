@@ -37,15 +37,16 @@ def sft_rows(tokenizer, examples, max_len: int, end_id: int | None) -> list[tupl
 
 
 def distill_rows(base, examples, chunk_texts: dict[str, str], max_len: int, end_id: int | None, cache_dir: Path,
-                 top_k: int = 32, batch_size: int = 8, progress: bool = True) -> list[tuple]:
-    """Soft-target rows for every example: the base model reads the example's source chunk, then the example."""
+                 top_k: int = 32, batch_size: int = 8, progress: bool = True, context: bool = True) -> list[tuple]:
+    """Soft-target rows for every example: the base model reads the example's source chunk, then the example.
+    `context=False`: the base model reads the example alone (its own answer, without the document)."""
     tokenizer = base.tokenizer
     rows: list[tuple | None] = [None] * len(examples)
     by_chunk: dict[str, list[int]] = {}
     for i, e in enumerate(examples):
         by_chunk.setdefault(e.chunk_sha256, []).append(i)
     for chunk_sha, indices in tqdm(by_chunk.items(), desc="distill targets", unit="chunk", disable=not progress):
-        prefix = chunk_texts[chunk_sha] + "\n\n"
+        prefix = chunk_texts[chunk_sha] + "\n\n" if context else ""
         student = [tokenize_example(tokenizer, examples[i].prompt, examples[i].completion, max_len, end_id)
                    for i in indices]
         n_prompt = [len(tokenizer(examples[i].prompt)["input_ids"]) for i in indices]  # with BOS

@@ -27,6 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 IGNORE = -100
+UNLIKELY = "unlikely"  # the third element of a row whose labels are tokens to make unlikely (see completion_loss)
 
 
 @dataclass
@@ -112,10 +113,13 @@ def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_
 
 
 def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                    soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = ()) -> torch.Tensor:
+                    soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
+                    unlikely: Sequence[int] = ()) -> torch.Tensor:
     """Mean loss per scored position, with the LM head applied only at scored positions.
 
-    Rows with hard labels get next-token cross-entropy on their labelled positions. Each `soft` entry
+    Rows with hard labels get next-token cross-entropy on their labelled positions, except the rows listed in
+    `unlikely`, whose labelled tokens get the unlikelihood loss -log(1 - p(token)) (Welleck et al. 2019): a
+    fact's old value, made unlikely where its new value is trained. Each `soft` entry
     (row, top-k ids, top-k log-probs) gives a row the KL divergence from a teacher distribution over its top-k
     tokens at every position (the forgetting guard; context distillation uses the same form).
     """
@@ -131,10 +135,17 @@ def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
+    negative = torch.zeros_like(keep)
+    if unlikely:
+        negative[list(unlikely)] = keep[list(unlikely)]
+        keep = keep & ~negative
     total = hidden.new_zeros((), dtype=torch.float32)
-    count = int(keep.sum())
-    if count:
+    count = int(keep.sum()) + int(negative.sum())
+    if keep.any():
         total = total + F.cross_entropy(logits_at(hidden[:, :-1][keep]), targets[keep], reduction="sum")
+    if negative.any():
+        logp = torch.log_softmax(logits_at(hidden[:, :-1][negative]), dim=-1).gather(-1, targets[negative][:, None])
+        total = total - torch.log1p(-logp.exp().clamp(max=1 - 1e-6)).sum()
     for row, start, top_ids, top_logprobs in soft:
         positions = hidden[row, start : start + top_ids.shape[0]]
         student = torch.log_softmax(logits_at(positions), dim=-1).gather(-1, top_ids)
@@ -188,10 +199,11 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     for step in bar:
         batch = [items[i] for i in plan[step]]
         input_ids, labels, mask = _pad_rows(batch, pad)
-        soft = [(row, *item[2]) for row, item in enumerate(batch) if len(item) > 2]
+        soft = [(row, *item[2]) for row, item in enumerate(batch) if len(item) > 2 and not isinstance(item[2], str)]
+        unlikely = [row for row, item in enumerate(batch) if len(item) > 2 and item[2] == UNLIKELY]
         for group in optimizer.param_groups:  # the schedule is a function of the step: nothing to restore
             group["lr"] = lr * _lr_factor(step, total)
-        loss = completion_loss(model, input_ids, mask, labels, soft)
+        loss = completion_loss(model, input_ids, mask, labels, soft, unlikely)
         if loss.requires_grad:  # a batch with nothing to score (every completion cut off) is skipped
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params.values(), 1.0)

@@ -6,6 +6,8 @@ base and returns the model to train; only the memory's parameters require grad),
 `disabled(model)` is a context manager under which the model behaves as the plain base, and
 `default_lr` is its learning rate when the config leaves `lr` unset, and
 `detach(model) -> base model` removes the memory and gives back the plain base model exactly as it was.
+A method that can go on training a saved memory (`learn --update`) defines `resume(model, directory, config)
+-> model` (the saved memory attached with its weights trainable); one without it is re-learned from scratch.
 A method that needs to see the training data before training (to choose which parameters to train) defines
 `prepare(model, items, replay)`; it is called after `attach` and before the first step.
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from dataclasses import replace
 from itertools import islice
 from pathlib import Path
 
@@ -108,6 +109,18 @@ class Cartridge:
         get = lambda kind: [tensors[f"{kind}.{i}"][None].to(like) for i in range(meta["layers"])]
         _install(model, get("keys"), get("values"), trainable=False)
         model.eval()
+        return model
+
+    def resume(self, model, directory: Path, config):
+        """Attach a saved memory with its entries trainable, to go on training it (`learn --update`)."""
+        meta = json.loads((Path(directory) / "cartridge_config.json").read_text())
+        model = self.attach(model, replace(config, prefix_tokens=meta["prefix_tokens"]))
+        tensors, state = load_file(Path(directory) / "cartridge.safetensors"), getattr(model, _ATTR)
+        with torch.no_grad():
+            for i in range(meta["layers"]):
+                k, v = (tensors[f"{kind}.{i}"][None].to(state.keys[i]) for kind in ("keys", "values"))
+                state.sink_keys[i].copy_(k[:, :, :1]), state.keys[i].copy_(k[:, :, 1:])
+                state.sink_values[i].copy_(v[:, :, :1]), state.values[i].copy_(v[:, :, 1:])
         return model
 
     def disabled(self, model):

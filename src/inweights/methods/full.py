@@ -51,6 +51,12 @@ class FullFineTune:
         model.eval()
         return model
 
+    def resume(self, model, directory: Path, config):
+        """Attach a saved memory with its weights trainable, to go on training it (`learn --update`)."""
+        model = self.attach(model, config)
+        self._copy(model, load_file(str(Path(directory) / "full.safetensors")))
+        return model
+
     @contextlib.contextmanager
     def disabled(self, model):
         params = dict(model.named_parameters())

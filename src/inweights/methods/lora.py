@@ -28,6 +28,12 @@ class LoRA:
         peft_model.eval()
         return peft_model
 
+    def resume(self, model, directory: Path, config):
+        """Attach a saved memory with its weights trainable, to go on training it (`learn --update`)."""
+        if isinstance(model, PeftModel):
+            raise ValueError("the model already carries a memory; attach to a plain base model")
+        return PeftModel.from_pretrained(model, str(directory), is_trainable=True)
+
     def disabled(self, model):
         return model.disable_adapter()
 
