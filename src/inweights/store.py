@@ -9,15 +9,22 @@
       runs/<name>/<key>/   checkpoints of an unfinished training run (removed when it finishes)
 
 A version is built in a hidden staging folder and renamed into place in one step, so a crash never leaves a
-half-written version visible; the manifest is written before the rename.
+half-written version visible; the manifest is written before the rename. Version numbers are never reused,
+even after `remove` (memories/<name>/.last_version keeps the highest one given). Whatever changes a memory
+(learn, forget, rollback, rm) holds its lock, memories/<name>/.lock, so two runs on one memory never
+interleave.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import shutil
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +34,8 @@ from inweights.paths import home
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _VERSION_DIR = re.compile(r"^v([1-9][0-9]*)$")
 MANIFEST = "manifest.json"
+LAST_VERSION = ".last_version"
+LOCK = ".lock"
 
 
 def validate_name(name: str) -> str:
@@ -122,13 +131,76 @@ class Workspace:
             if not (staging / MANIFEST).is_file():
                 raise RuntimeError("a memory version needs a manifest.json")
             while True:
-                version = max([v.version for v in self.versions(name)] + [0]) + 1
+                version = max([v.version for v in self.versions(name)] + [self._last_version(name)]) + 1
                 target = directory / f"v{version}"
                 try:
                     os.rename(staging, target)  # atomic; fails if another process took this number
-                    return MemoryVersion(name, version, target)
                 except OSError:
                     if not target.exists():
                         raise
+                    continue
+                _write_atomic(directory / LAST_VERSION, str(version))
+                return MemoryVersion(name, version, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+
+    def _last_version(self, name: str) -> int:
+        try:
+            return int((self.memories_dir / name / LAST_VERSION).read_text().strip())
+        except (OSError, ValueError):
+            return 0
+
+    @contextlib.contextmanager
+    def lock(self, name: str, action: str):
+        """Hold memory `name`'s lock while changing it; raise InweightsError at once if another run holds it.
+        The operating system drops the lock when its process ends, so a crashed run never leaves it stuck."""
+        directory = self.memories_dir / validate_name(name)
+        directory.mkdir(parents=True, exist_ok=True)
+        fh = open(directory / LOCK, "a+")
+        try:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                fh.seek(0)
+                holder = fh.read().strip() or "another process"
+                raise InweightsError(f"memory {name!r} is being changed by {holder}; wait for it to finish (two "
+                                     "runs on one memory at once would race for its next version)") from None
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"`{action}` (pid {os.getpid()} on {socket.gethostname()}, since "
+                     f"{time.strftime('%Y-%m-%d %H:%M:%S')})")
+            fh.flush()
+            yield
+        finally:
+            fh.close()  # closing releases the lock
+
+    def copy_version(self, source: MemoryVersion, manifest_update: dict) -> MemoryVersion:
+        """A new version with `source`'s files and its manifest updated by `manifest_update` (rollback)."""
+        def write(staging: Path) -> None:
+            for item in source.path.iterdir():
+                if item.name != MANIFEST and item.is_file():
+                    shutil.copy2(item, staging / item.name)
+            manifest = source.manifest | manifest_update
+            (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+
+        return self.publish(source.name, write)
+
+    def remove(self, name: str, version: int | None = None) -> list[MemoryVersion]:
+        """Delete one version, or the whole memory when `version` is None; returns what was deleted. A version
+        is first renamed out of sight (one atomic step), so a server never sees half of one."""
+        targets = [self.get(f"{name}@{version}")] if version is not None else self.versions(name)
+        if not targets:
+            self.get(name)  # the usual "no memory named" error
+        for v in targets:
+            hidden = v.path.with_name(f".removing-{v.path.name}-{os.getpid()}")
+            os.rename(v.path, hidden)
+            shutil.rmtree(hidden)
+        if version is None:
+            shutil.rmtree(self.memories_dir / name, ignore_errors=True)
+        return targets
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -108,6 +108,9 @@ def eval_memory(memory_ref: str, questions_path: Path, docs: Sequence[Path] | No
                       progress=progress,
                       run={"questions_file": str(questions_path), "limit": limit, "limit_applies_to": "questions"})
     write_report(report, out_dir)
+    from inweights.versions import record_evaluation
+
+    record_evaluation(version, report)
     return report
 
 
