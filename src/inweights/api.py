@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +21,7 @@ from typing import Sequence
 import torch
 
 from inweights import __version__
-from inweights.config import LearnConfig, resolve_train
+from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import chunk_documents, load_corpus
 from inweights.errors import InweightsError
 from inweights.generate import generate
@@ -35,6 +36,8 @@ from inweights.synth.teacher import LocalTeacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
 from inweights.train import train
+from inweights.update import (base_rows, can_update, chunk_records_of, contrast, delta, document_records,
+                              parent_examples, unlikely_rows)
 from inweights.warmup import warmup_examples
 
 log = logging.getLogger("inweights")
@@ -42,8 +45,13 @@ log = logging.getLogger("inweights")
 
 def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None = None, *,
           base: Base | None = None, workspace: Workspace | None = None, exclude_questions: Sequence[str] = (),
-          progress: bool = True, yes: bool = False, show_plan: bool | None = None) -> MemoryVersion:
+          progress: bool = True, yes: bool = False, show_plan: bool | None = None,
+          update: bool = False) -> MemoryVersion:
     """Learn documents into a new version of the named memory and return it.
+
+    `update`: train the newest version further on what changed since it (see update.py) instead of learning the
+    whole corpus again; a full re-learn is still done, and said, when there is no version yet, or the base,
+    the method or the objective changed. With nothing changed, the newest version is returned as it is.
 
     `exclude_questions`: evaluation questions that must not appear in the training data: examples that contain
     one are dropped (and counted in the manifest), then the training set is checked again. `base`: an already
@@ -54,6 +62,12 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     validate_name(memory)
     config = config or LearnConfig()
     workspace = workspace or Workspace()
+    with workspace.lock(memory, "inweights learn --update" if update else "inweights learn"):
+        return _learn(paths, memory, config, base, workspace, exclude_questions, progress, yes, show_plan, update)
+
+
+def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace: Workspace, exclude_questions,
+           progress: bool, yes: bool, show_plan: bool | None, update: bool) -> MemoryVersion:
     timings: dict[str, float] = {}
     t_start = time.perf_counter()
 
@@ -62,6 +76,15 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     timings["load_base_s"] = time.perf_counter() - t_start
     chunks = chunk_documents(documents, base.tokenizer, max_tokens=config.synth.chunk_tokens)
     cache = ExampleCache(workspace.cache_dir("synth"))
+    records = document_records(documents, chunks)
+    versions = workspace.versions(memory)
+    parent = versions[-1] if versions else None
+    if update:
+        why = full_relearn_reason(parent, config, base)
+        if why is None:
+            return _update(parent, records, chunks, memory, config, base, workspace, cache, exclude_questions,
+                           progress, timings, t_start)
+        _say(progress, f"learning {memory!r} from scratch: {why}")
     plan = _plan(documents, chunks, config, base, workspace, cache)
     _say(progress if show_plan is None else show_plan, plan.render())
     if plan.seconds > CONFIRM_ABOVE_S and not yes:
@@ -89,15 +112,7 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
         examples, held_out = hold_out_wordings(examples, config.train.holdout, seed=config.train.seed)
     per_fact = items_per_fact(examples)
     train_config = resolve_train(config.train, len(examples), per_fact)
-    replay_cache = workspace.cache_dir("replay")
-    general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
-    texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed)
-    replay = (replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
-              if train_config.replay_fraction > 0 else [])
-    warmup = []
-    if train_config.warmup_fraction > 0:
-        warm = warmup_examples(texts, config.synth, cache, exclude_questions)
-        warmup = sft_rows(base.tokenizer, warm, train_config.max_seq_len, base.newline_id)
+    replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions)
     timings["replay_s"] = time.perf_counter() - t
     t = time.perf_counter()
     tokenizer = base.tokenizer
@@ -114,30 +129,12 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     t = time.perf_counter()
 
     def describe(result) -> dict:
-        timings["train_s"] = time.perf_counter() - t
-        timings["total_s"] = time.perf_counter() - t_start
-        return {
-            "name": memory,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "inweights_version": __version__,
-            "base": {"name": base.name, "fingerprint": base.fingerprint},
-            "method": train_config.method,
-            "config": resolved.to_dict(),
-            "documents": [{"path": d.path, "sha256": d.sha256, "kind": d.kind,
-                           "chunks": sum(1 for c in chunks if c.doc_sha256 == d.sha256)} for d in documents],
-            "synthetic": {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
+        return _manifest(memory, base, resolved, records, result, timings, t, t_start, _lineage(parent, records, "full"),
+                         {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
                           "warmup_examples": len(warmup), "held_out_wordings": len(held_out),
-                          "items_per_fact": per_fact,
-                          "tokens": sum(len(row[0]) for row in items),
+                          "items_per_fact": per_fact, "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
-                          "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)},
-            "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
-                        {"tokens_per_s": result.tokens / max(result.seconds, 1e-9),
-                         "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},
-            "timings": {k: round(v, 2) for k, v in timings.items()},
-            "machine": {"python": platform.python_version(), "torch": torch.__version__,
-                        "threads": torch.get_num_threads()},
-        }
+                          "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)})
 
     version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
                                         describe, replay=replay, warmup=warmup, validation=validation,
@@ -148,15 +145,20 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
 
 
 def train_and_publish(base: Base, train_config, items, n_examples: int, workspace: Workspace, memory: str,
-                      run_key: str, describe, *, replay=(), warmup=(), validation=(), progress: bool = True):
-    """Attach a fresh memory of `train_config.method` to the base, train it on `items` (resuming a checkpoint of
-    the same `run_key`), publish it as the next version of `memory` with the manifest `describe(result)`, and
-    give the caller its plain base model back. Returns (version, training result)."""
+                      run_key: str, describe, *, replay=(), warmup=(), validation=(), progress: bool = True,
+                      resume_from: MemoryVersion | None = None):
+    """Attach a fresh memory of `train_config.method` to the base (or, with `resume_from`, that version's memory,
+    trainable), train it on `items` (resuming a checkpoint of the same `run_key`), publish it as the next version
+    of `memory` with the manifest `describe(result)`, and give the caller its plain base model back. Returns
+    (version, training result)."""
     method = METHODS[train_config.method]
     torch.manual_seed(train_config.seed)
-    model = method.attach(base.model, train_config)
+    if resume_from is not None:
+        model = method.resume(base.model, resume_from.path, train_config)
+    else:
+        model = method.attach(base.model, train_config)
     try:
-        if hasattr(method, "prepare"):
+        if hasattr(method, "prepare") and resume_from is None:
             method.prepare(model, items, replay)
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
                        progress=progress, replay=replay, warmup=warmup, validation=validation)
@@ -169,6 +171,249 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
         return workspace.publish(memory, write), result
     finally:
         method.detach(model)
+
+
+def _manifest(memory: str, base: Base, config: LearnConfig, records: list[dict], result, timings: dict,
+              t_train: float, t_start: float, lineage: dict, synthetic: dict, **extra) -> dict:
+    timings["train_s"] = time.perf_counter() - t_train
+    timings["total_s"] = time.perf_counter() - t_start
+    return {
+        "name": memory,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inweights_version": __version__,
+        "base": {"name": base.name, "fingerprint": base.fingerprint},
+        "method": config.train.method,
+        "config": config.to_dict(),
+        "documents": records,
+        **lineage,
+        **extra,
+        "synthetic": synthetic,
+        "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
+                    {"tokens_per_s": result.tokens / max(result.seconds, 1e-9),
+                     "loss_curve": result.losses[::max(1, len(result.losses) // 50)]},
+        "timings": {k: round(v, 2) for k, v in timings.items()},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__,
+                    "threads": torch.get_num_threads()},
+    }
+
+
+def _lineage(parent: MemoryVersion | None, records: list[dict], mode: str) -> dict:
+    """How a version came about: `mode` (full, update, forget, rollback), the newest version before it and the
+    document delta from that version (when both record their chunks)."""
+    if parent is None:
+        return {"lineage": {"mode": mode, "parent": None}}
+    out = {"mode": mode, "parent": parent.version}
+    manifest = parent.manifest
+    if can_update(manifest) and all("chunk_sha256" in r for r in records):
+        out["delta"] = delta(manifest["documents"], records).summary()
+    return {"lineage": out}
+
+
+def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, cache: ExampleCache,
+                exclude_questions) -> tuple[list, list]:
+    """The forgetting guard's replay rows and the QA warm-up rows, as the train config asks."""
+    replay_cache = workspace.cache_dir("replay")
+    general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
+    texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed)
+    replay = (replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
+              if train_config.replay_fraction > 0 else [])
+    warmup = []
+    if train_config.warmup_fraction > 0:
+        warm = warmup_examples(texts, synth_config, cache, exclude_questions)
+        warmup = sft_rows(base.tokenizer, warm, train_config.max_seq_len, base.newline_id)
+    return replay, warmup
+
+
+_SHAPE = ("method", "objective", "rank", "alpha", "target_modules", "tinylora_u", "prefix_tokens", "memory_slots",
+          "memory_topk", "memory_trainable_rows")
+
+
+def full_relearn_reason(parent: MemoryVersion | None, config: LearnConfig, base: Base) -> str | None:
+    """Why `learn --update` must learn from scratch, or None when it can train `parent` further."""
+    if parent is None:
+        return "there is no version yet"
+    manifest = parent.manifest
+    old = manifest["config"]["train"]
+    if manifest["base"]["fingerprint"] != base.fingerprint:
+        return f"the base model changed ({manifest['base']['name']} -> {base.name})"
+    if old["method"] != config.train.method:
+        return f"the method changed ({old['method']} -> {config.train.method})"
+    if not hasattr(METHODS[config.train.method], "resume"):
+        return f"{config.train.method} memories cannot be trained further yet"
+    if "distill" in (old["objective"], config.train.objective):
+        return "the distill objective re-learns every chunk"
+    if not can_update(manifest):
+        return f"{parent.ref} does not record its chunks (learned by an older inweights)"
+    return None
+
+
+def _update_train_config(parent: MemoryVersion, train) -> TrainConfig:
+    """The update's training settings: the memory's shape (method, rank, modules...) from the parent, which is
+    trained further; epochs from the parent when not set, so a new fact is seen as often as in a full learn."""
+    old = LearnConfig.from_dict(parent.manifest["config"]).train
+    train = replace(train, **{name: getattr(old, name) for name in _SHAPE})
+    if train.epochs is None:
+        train = replace(train, epochs=old.epochs)
+    return resolve_train(train, 0)
+
+
+def _update(parent: MemoryVersion, records: list[dict], chunks, memory: str, config: LearnConfig, base: Base,
+            workspace: Workspace, cache: ExampleCache, exclude_questions, progress: bool, timings: dict,
+            t_start: float) -> MemoryVersion:
+    """`learn --update`: synthesize the corpus (unchanged chunks come from the cache), then train the parent's
+    memory on the fresh chunks' examples, the changed and removed facts and a rehearsal sample."""
+    change = delta(parent.manifest["documents"], records)
+    if change.empty:
+        _say(progress, f"nothing changed since {parent.ref}: it is up to date")
+        return parent
+    _say(progress, f"updating {parent.ref}: {change.describe()}")
+    t = time.perf_counter()
+    needs_teacher = any(_strategy(s).NEEDS_TEACHER for s in config.synth.strategies)
+    teacher = LocalTeacher(base, batch_size=config.synth.teacher_batch_size) if needs_teacher else None
+    current, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
+    current, decontaminated = drop_eval_overlap(current, exclude_questions)
+    fresh = [e for e in current if e.chunk_sha256 in change.fresh_chunks]
+    fresh = within_budget(fresh, config.synth.budget, token_counter(base.tokenizer), seed=config.train.seed)
+    rehearsal_pool = [e for e in current if e.chunk_sha256 not in change.fresh_chunks]
+    old, missing = parent_examples(parent, change.gone_chunks, cache)
+    timings["synthesize_s"] = time.perf_counter() - t
+    version = _train_update(parent, records, memory, config, base, workspace, cache, fresh, rehearsal_pool,
+                            current, old, missing, change, exclude_questions, progress, timings, t_start,
+                            {"by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                             "dropped_matching_eval_questions": decontaminated}, mode="update")
+    return version
+
+
+def _train_update(parent: MemoryVersion, records: list[dict], memory: str, config: LearnConfig, base: Base,
+                  workspace: Workspace, cache: ExampleCache, fresh: list, rehearsal_pool: list, current: list,
+                  old: list, missing_old_chunks: int, change, exclude_questions, progress: bool, timings: dict,
+                  t_start: float, synthetic: dict, mode: str) -> MemoryVersion:
+    """Train `parent`'s memory further on `fresh` examples, the changed and removed facts found between the
+    parent's `old` examples and the `current` ones, and a rehearsal sample of `rehearsal_pool`; publish it."""
+    t = time.perf_counter()
+    train_config = _update_train_config(parent, config.train)
+    changed, removed = contrast(old, current)
+    tokenizer, max_len, end = base.tokenizer, train_config.max_seq_len, base.newline_id
+    unlikely = unlikely_rows(tokenizer, changed, max_len, end)
+    forget_rows = base_rows(base, removed, max_len, end, workspace.cache_dir("distill"), progress=progress)
+    n_rehearse = round(train_config.rehearsal * (len(fresh) + len(unlikely) + len(forget_rows)))
+    rehearse = within_budget(rehearsal_pool, n_rehearse, lambda e: 1, seed=train_config.seed)
+    assert_no_leak(fresh + rehearse, exclude_questions)
+    items = sft_rows(tokenizer, fresh + rehearse, max_len, end) + unlikely + forget_rows
+    if not items:
+        raise InweightsError(f"nothing to train: the change since {parent.ref} left no question to learn or unlearn")
+    _say(progress, f"update data: {len(fresh)} new examples, {len(changed)} changed facts ({len(unlikely)} old "
+                   f"values made unlikely), {len(removed)} removed facts, {len(rehearse)} rehearsed"
+                   + (f"; {missing_old_chunks} of the parent's chunks were no longer in the synthetic cache"
+                      if missing_old_chunks else ""))
+    if len(items) > len(current):
+        _say(progress, f"note: this change reaches most of the memory, so the update trains more rows ({len(items)}) "
+                       f"than learning from scratch would ({len(current)}); `learn` without --update may be faster")
+    replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions)
+    timings["targets_s"] = time.perf_counter() - t
+    resolved = replace(config, train=train_config)
+    run_key = _digest([mode, parent.ref, resolved.to_dict(), base.fingerprint, [len(row[0]) for row in items],
+                       [(e.prompt, e.completion) for e in fresh + rehearse + [o for o, _ in changed] + removed]])
+    t = time.perf_counter()
+
+    def describe(result) -> dict:
+        return _manifest(memory, base, resolved, records, result, timings, t, t_start, _lineage(parent, records, mode),
+                         synthetic | {"examples": len(items), "fresh": len(fresh), "rehearsed": len(rehearse),
+                                      "rehearsal_pool": len(rehearsal_pool), "changed_facts": len(changed),
+                                      "unlikely_rows": len(unlikely), "removed_facts": len(removed),
+                                      "parent_chunks_missing_from_cache": missing_old_chunks,
+                                      "replay_sequences": len(replay), "warmup_examples": len(warmup),
+                                      "tokens": sum(len(row[0]) for row in items)})
+
+    version, result = train_and_publish(base, train_config, items, len(items), workspace, memory, run_key, describe,
+                                        replay=replay, warmup=warmup, progress=progress, resume_from=parent)
+    _say(progress, f"{mode}: {memory!r} version {version.version} from {parent.ref} in {timings['total_s']:.0f}s "
+                   f"({len(items)} rows, {result.steps} steps, final loss {result.final_loss:.3f})")
+    return version
+
+
+def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None, *, base: Base | None = None,
+           workspace: Workspace | None = None, progress: bool = True, check: int = 32) -> MemoryVersion:
+    """A new version of `memory` without the knowledge of the documents at `paths` (as the manifest names them,
+    or any path ending with that name), made from the newest version: their questions are trained toward the
+    plain base model's answers, with a rehearsal sample of the other documents (no document needs to be on
+    disk: the examples come from the synthetic cache). Then `check` of the forgotten questions are asked of the
+    old and the new version; the manifest's `forget_check` says how many answers still give the old value."""
+    workspace = workspace or Workspace()
+    with workspace.lock(memory, "inweights forget"):
+        parent = workspace.get(memory)
+        manifest = parent.manifest
+        config = config or LearnConfig.from_dict(manifest["config"])
+        base = base or load_base(manifest["base"]["name"])
+        why = full_relearn_reason(parent, replace(config, base=manifest["base"]["name"]), base)
+        if why is not None:
+            raise InweightsError(f"cannot forget from {parent.ref}: {why}; learn the documents you keep again "
+                                 f"instead: inweights learn DOCS --memory {memory}")
+        documents = manifest["documents"]
+        gone = {_match_document(documents, p) for p in paths}
+        kept = [d for d in documents if d["path"] not in gone]
+        if not kept:
+            raise InweightsError(f"forgetting every document of {memory!r} leaves nothing: remove the memory with "
+                                 f"`inweights rm {memory}`")
+        cache = ExampleCache(workspace.cache_dir("synth"))
+        t_start = time.perf_counter()
+        current, _ = parent_examples(parent, chunk_records_of(kept), cache)
+        change = delta(documents, kept)
+        old, missing = parent_examples(parent, change.gone_chunks, cache)
+        if missing:
+            raise InweightsError(f"the synthetic data of {missing} chunks of {', '.join(sorted(gone))} is no longer "
+                                 f"in the cache, so what to forget is unknown; learn the documents you keep again "
+                                 f"instead: inweights learn DOCS --memory {memory}")
+        _say(progress, f"forgetting {', '.join(sorted(gone))} from {parent.ref}")
+        timings = {"synthesize_s": time.perf_counter() - t_start}
+        version = _train_update(parent, kept, memory, config, base, workspace, cache, [], current, current, old, 0,
+                                change, (), progress, timings, t_start, {"teacher": manifest["synthetic"].get(
+                                    "teacher", "none")}, mode="forget")
+        _, removed = contrast(old, current)
+        result = forget_check(base, parent, version, removed[:check], workspace) if check and removed else None
+        if result:
+            _amend_manifest(version, {"forget_check": result})
+            _say(progress, f"forget check: {result['answered_before']} of {result['asked']} forgotten questions "
+                           f"were answered with the old value before, {result['answered_after']} after")
+        return version
+
+
+def forget_check(base: Base, before: MemoryVersion, after: MemoryVersion, examples, workspace: Workspace) -> dict:
+    """Ask the questions of `examples` of both versions: how many answers contain the example's answer."""
+    from inweights.evaluate.metrics import contains
+
+    questions = [e.prompt.removeprefix("Question: ").split("\n")[0] for e in examples]
+    counts = {}
+    for label, version in (("answered_before", before), ("answered_after", after)):
+        loaded = load_memory(version.ref, base=base, workspace=workspace)
+        try:
+            answers = loaded.answer(questions)
+        finally:
+            loaded.close()
+        counts[label] = int(sum(contains(a, e.completion.strip()) for e, a in zip(examples, answers)))
+    return {"asked": len(examples), **counts}
+
+
+def _match_document(documents: list[dict], path: str) -> str:
+    """The manifest path of the one document `path` names: the same path, or a path one of them ends with."""
+    path = str(path).strip().removeprefix("./")
+    exact = [d["path"] for d in documents if d["path"] == path]
+    if exact:
+        return exact[0]
+    near = [d["path"] for d in documents if path.endswith("/" + d["path"]) or d["path"].endswith("/" + path)]
+    if len(near) == 1:
+        return near[0]
+    names = ", ".join(d["path"] for d in documents[:20])
+    raise InweightsError(f"{path!r} names {'several' if near else 'no'} document of this memory "
+                         f"({', '.join(near) if near else 'documents: ' + names})")
+
+
+def _amend_manifest(version: MemoryVersion, extra: dict) -> None:
+    """Add facts measured after publishing (a check, an evaluation) to a version's manifest, atomically."""
+    path = version.path / "manifest.json"
+    tmp = path.with_name(f"manifest.json.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(version.manifest | extra, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
 
 
 @dataclass

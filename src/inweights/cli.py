@@ -72,9 +72,38 @@ def build_parser() -> argparse.ArgumentParser:
                    "Hugging Face model directory, or a hub id (needs network)")
     _add_dataclass_options(p, SynthConfig, "synth")
     _add_dataclass_options(p, TrainConfig, "train")
+    p.add_argument("--update", action="store_true", help="train the newest version further on what changed since "
+                   "it (new and changed chunks, changed and removed facts, a rehearsal sample) instead of learning "
+                   "everything again; learns from scratch when there is no version or the base or method changed")
     p.add_argument("--yes", action="store_true", help="go ahead even when the plan's estimate is over an hour")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_learn)
+
+    p = sub.add_parser("forget", help="make a new version without what some documents taught",
+                       description="Trains the newest version's answers to the documents' questions back toward the "
+                                   "base model's, rehearsing the other documents, then checks that their facts are "
+                                   "no longer given. The documents need not exist any more.")
+    p.add_argument("memory", help="memory name")
+    p.add_argument("paths", nargs="+", help="documents to forget, as `inweights history --documents` lists them")
+    p.add_argument("--check", type=int, default=32, help="forgotten questions asked before and after (default 32)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_forget)
+
+    p = sub.add_parser("rollback", help="make an older version the newest again (as a new version)")
+    p.add_argument("memory", help="memory name")
+    p.add_argument("version", type=int, help="the version to bring back")
+    p.set_defaults(run=_rollback)
+
+    p = sub.add_parser("diff", help="compare two versions: documents, settings and scores")
+    p.add_argument("a", help="NAME@N")
+    p.add_argument("b", help="NAME@M, or NAME for the newest")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=_diff)
+
+    p = sub.add_parser("rm", help="delete a memory version (NAME@N) or a whole memory (NAME)")
+    p.add_argument("ref", help="NAME@N or NAME")
+    p.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    p.set_defaults(run=_rm)
 
     p = sub.add_parser("ask", help="answer a question from a memory, with no document in the prompt")
     p.add_argument("memory", help="memory name, or NAME@VERSION for an older version")
@@ -107,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("history", help="list the versions of a memory")
     p.add_argument("memory", help="memory name")
+    p.add_argument("--documents", action="store_true", help="also list each version's documents")
     p.set_defaults(run=_history)
 
     p = sub.add_parser("demo", help="the main job: learn the shipped demo handbook and compare base vs memory",
@@ -168,7 +198,8 @@ def _learn(args) -> int:
 
     config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
                          train=_collect(args, TrainConfig, "train"))
-    version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes, show_plan=True)
+    version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes, show_plan=True,
+                    update=args.update)
     print(f"memory {version.ref} written to {version.path}")
     print(f'ask it:  inweights ask {args.memory} "your question"')
     return 0
@@ -225,8 +256,61 @@ def _history(args) -> int:
 
     for v in Workspace().versions(args.memory) or [Workspace().get(args.memory)]:
         m = v.manifest
-        print(f"v{v.version}  {m['created']}  {len(m['documents'])} documents  {m['synthetic']['examples']} examples"
-              f"  {m['training']['steps']} steps  {m['timings'].get('total_s', 0):.0f}s")
+        lineage = m.get("lineage") or {}
+        made = lineage.get("mode", "full") + (f" from v{lineage['parent']}" if lineage.get("parent") else "")
+        if lineage.get("rolled_back_to"):
+            made = f"rollback to v{lineage['rolled_back_to']}"
+        change = lineage.get("delta")
+        changed = (f"  +{len(change['added'])} ~{len(change['changed'])} -{len(change['removed'])} documents"
+                   if change else "")
+        print(f"v{v.version}  {m['created']}  {made}  {len(m['documents'])} documents{changed}  "
+              f"{m['synthetic']['examples']} examples  {m['training']['steps']} steps  "
+              f"{m['timings'].get('total_s', 0):.0f}s")
+        if args.documents:
+            for d in m["documents"]:
+                print(f"    {d['path']}  {d['sha256'][:12]}")
+    return 0
+
+
+def _forget(args) -> int:
+    from inweights.api import forget
+
+    version = forget(args.memory, args.paths, progress=not args.no_progress, check=args.check)
+    print(f"memory {version.ref} written to {version.path}")
+    return 0
+
+
+def _rollback(args) -> int:
+    from inweights.versions import rollback
+
+    version = rollback(args.memory, args.version)
+    print(f"{version.ref} is now the newest version, with the memory of {args.memory}@{args.version}")
+    return 0
+
+
+def _diff(args) -> int:
+    from inweights.versions import diff, render_diff
+
+    result = diff(args.a, args.b)
+    print(json.dumps(result, indent=2) if args.json else render_diff(result))
+    return 0
+
+
+def _rm(args) -> int:
+    from inweights.store import Workspace, parse_ref
+    from inweights.versions import remove
+
+    name, version = parse_ref(args.ref)
+    targets = [Workspace().get(args.ref)] if version else Workspace().versions(name) or [Workspace().get(name)]
+    what = f"version {version} of memory {name!r}" if version else f"memory {name!r} ({len(targets)} versions)"
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise InweightsError(f"this deletes {what}; confirm with --yes")
+        if input(f"delete {what}? This cannot be undone. Type {name!r} to confirm: ").strip() != name:
+            print("nothing deleted")
+            return 1
+    removed = remove(args.ref)
+    print(f"deleted {', '.join(v.ref for v in removed)}")
     return 0
 
 

@@ -123,6 +123,10 @@ class TrainConfig:
     exposures: int | None = None
     """Target number of times each fact is trained on, over all its wordings and epochs: when set (and epochs is
     not), epochs = exposures / the items per fact the strategies made (at most 30)."""
+    rehearsal: float = 0.5
+    """learn --update and forget: examples of unchanged chunks trained again per example of what changed (new
+    chunks, changed and removed facts), a seeded sample spread over the chunks, so that the memory keeps what it
+    knew while its weights move. 0 turns it off."""
     seed: int = 0
     """Seed of initialisation, batch order and replay choice: the same seed and data give the same memory."""
 
@@ -143,6 +147,8 @@ class TrainConfig:
             raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
         if not 0.0 <= self.holdout < 0.5 or self.patience < 1 or (self.exposures is not None and self.exposures < 1):
             raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
+        if self.rehearsal < 0:
+            raise ValueError("rehearsal must be >= 0")
         if self.rank < 1 or (self.lr is not None and self.lr <= 0) or self.batch_tokens < self.max_seq_len:
             raise ValueError("need rank >= 1, lr > 0 and batch_tokens >= max_seq_len")
 

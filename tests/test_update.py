@@ -1,0 +1,275 @@
+"""Memories that keep up: learn --update, newer facts win, forget, rollback, diff, rm, the per-memory lock."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from inweights import InweightsError, LearnConfig, SynthConfig, TrainConfig, Workspace, learn
+from inweights.api import forget
+from inweights.cli import main
+from inweights.models import load_base
+from inweights.synth import Example
+from inweights.train import IGNORE, UNLIKELY, completion_loss, tokenize_example
+from inweights.update import contrast, delta, unlikely_rows
+from inweights.versions import diff, record_evaluation, remove, render_diff, rollback
+
+COMPANY = """# Fjordlight Instruments
+
+Fjordlight Instruments was founded by Ingrid Vassbotn in 2011. The Oslo office opened in March 2019.
+The TideLog 300 sensor costs 1,450 euros.
+"""
+BERGEN = "The Bergen office has 34 employees. The Bergen office opened in April 2016.\n"
+PARTY = "The annual party, Lanternfest, takes place on Rovoy. Lanternfest was first held in 2014.\n"
+
+
+@pytest.fixture()
+def base(tiny_model_dir):
+    return load_base(str(tiny_model_dir))
+
+
+def config(tiny_model_dir, **train) -> LearnConfig:
+    return LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("facts",), chunk_tokens=128),
+                       train=TrainConfig(**({"epochs": 2, "replay_sequences": 4, "batch_tokens": 512,
+                                             "checkpoint_every": 5} | train)))
+
+
+def write(folder: Path, files: dict[str, str]) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for p in folder.iterdir():
+        p.unlink()
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+def example(prompt: str, completion: str, doc: str = "a.md", chunk: str = "c1") -> Example:
+    return Example(f"Question: {prompt}\nAnswer:", " " + completion, "facts:q", chunk, doc, "d", "none")
+
+
+# --- the data of an update -------------------------------------------------------------------------------------
+
+
+def record(path, sha, chunks):
+    return {"path": path, "sha256": sha, "kind": "md", "chunks": len(chunks), "chunk_sha256": chunks}
+
+
+def test_delta_names_documents_and_chunks_that_changed():
+    old = [record("a.md", "A1", ["x", "y"]), record("b.md", "B1", ["z"]), record("c.md", "C1", ["w"])]
+    new = [record("a.md", "A2", ["x", "y2"]), record("b.md", "B1", ["z"]), record("d.md", "D1", ["v"])]
+    d = delta(old, new)
+    assert (d.added, d.changed, d.removed, d.unchanged) == (["d.md"], ["a.md"], ["c.md"], ["b.md"])
+    assert d.fresh_chunks == {"y2", "v"}
+    # a.md's unchanged chunk x is gone too (its document's hash changed, so its cache key did): only its
+    # examples whose question is no longer asked count as changed or removed facts.
+    assert {c["sha256"] for c in d.gone_chunks} == {"x", "y", "w"}
+    assert not delta(old, old).gone_chunks and delta(old, old).empty
+
+
+def test_contrast_finds_changed_and_removed_facts_and_spares_what_is_still_true():
+    old = [example("When did the Oslo office open?", "March 2019"),
+           example("Who founded Fjordlight?", "Ingrid Vassbotn"),
+           example("What does the sensor cost?", "1,450 euros"),
+           example("Where is Lanternfest held?", "Rovoy", doc="party.md"),
+           example("What opened in March 2019?", "the Oslo office")]
+    current = [example("When did the Oslo office open?", "May 2020"),
+               example("Who founded Fjordlight?", "Ingrid Vassbotn"),
+               example("Which office opened first?", "the Oslo office")]  # the same answer, still in a.md
+    changed, removed = contrast(old, current)
+    assert [(o.completion, n.completion) for o, n in changed] == [(" March 2019", " May 2020")]
+    assert [e.completion for e in removed] == [" 1,450 euros", " Rovoy"]
+
+
+def test_unlikely_rows_label_only_the_first_token_that_differs(tiny_model_dir, base):
+    old = example("When did the Oslo office open?", "March 2019")
+    new = example("When did the Oslo office open?", "March 2020")
+    (ids, labels, kind), = unlikely_rows(base.tokenizer, [(old, new)], 256, base.newline_id)
+    new_ids, _ = tokenize_example(base.tokenizer, new.prompt, new.completion, 256, base.newline_id)
+    at = [i for i, label in enumerate(labels) if label != IGNORE]
+    assert kind == UNLIKELY and len(at) == 1
+    assert ids[: at[0]] == new_ids[: at[0]] and ids[at[0]] != new_ids[at[0]]  # "March" is shared, kept likely
+    assert unlikely_rows(base.tokenizer, [(old, old)], 256, base.newline_id) == []
+
+
+def test_unlikelihood_loss_is_minus_log_one_minus_p_and_lowers_p(base):
+    model = base.model
+    old = example("When did the Oslo office open?", "March 2019")
+    ids, labels = tokenize_example(base.tokenizer, old.prompt, old.completion, 256, base.newline_id)
+    split = next(i for i, label in enumerate(labels) if label != IGNORE)
+    labels = [IGNORE] * split + [ids[split]] + [IGNORE] * (len(ids) - split - 1)
+    x, y, mask = torch.tensor([ids]), torch.tensor([labels]), torch.ones(1, len(ids), dtype=torch.long)
+
+    def p_old():
+        with torch.no_grad():
+            return torch.softmax(model(input_ids=x).logits[0, split - 1].float(), -1)[ids[split]].item()
+
+    before = p_old()
+    loss = completion_loss(model, x, mask, y, unlikely=[0])
+    assert loss.item() == pytest.approx(-math.log(1 - before), rel=1e-3)
+    assert completion_loss(model, x, mask, y).item() == pytest.approx(-math.log(before), rel=1e-3)
+    params = [p for p in model.parameters()]
+    flags = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.SGD(params, lr=0.5)
+    state = {id(p): p.detach().clone() for p in params}
+    for _ in range(3):
+        optimizer.zero_grad()
+        completion_loss(model, x, mask, y, unlikely=[0]).backward()
+        optimizer.step()
+    assert p_old() < before
+    with torch.no_grad():  # the session's base model is shared by other tests: put it back
+        for p, flag in zip(params, flags):
+            p.copy_(state[id(p)])
+            p.requires_grad_(flag)
+
+
+# --- learn --update end to end ----------------------------------------------------------------------------------
+
+
+def test_update_trains_the_delta_from_the_newest_version(tmp_path, workspace, tiny_model_dir, base):
+    docs = write(tmp_path / "docs", {"company.md": COMPANY, "bergen.md": BERGEN, "party.md": PARTY})
+    v1 = learn([docs], "acme", config(tiny_model_dir), base=base, progress=False)
+    assert v1.manifest["lineage"] == {"mode": "full", "parent": None}
+    assert all(len(d["chunk_sha256"]) == d["chunks"] for d in v1.manifest["documents"])
+
+    write(docs, {"company.md": COMPANY.replace("March 2019", "May 2020"), "bergen.md": BERGEN,
+                 "stavanger.md": "The Stavanger office opened in June 2022. It has 12 employees.\n"})
+    v2 = learn([docs], "acme", config(tiny_model_dir), base=base, progress=False, update=True)
+    m = v2.manifest
+    assert v2.version == 2 and m["lineage"]["mode"] == "update" and m["lineage"]["parent"] == 1
+    assert m["lineage"]["delta"]["added"] == ["stavanger.md"] and m["lineage"]["delta"]["changed"] == ["company.md"]
+    assert m["lineage"]["delta"]["removed"] == ["party.md"]
+    s = m["synthetic"]
+    assert s["changed_facts"] >= 1 and s["unlikely_rows"] >= 1 and s["removed_facts"] >= 1
+    assert s["fresh"] > 0 and s["rehearsed"] <= round(0.5 * (s["fresh"] + s["unlikely_rows"] + s["removed_facts"]))
+    assert m["config"]["train"]["rank"] == v1.manifest["config"]["train"]["rank"]
+    assert not any("lora" in n for n, _ in base.model.named_parameters())  # the base is given back plain
+
+    # Nothing changed: the newest version is already up to date, and no version is made.
+    assert learn([docs], "acme", config(tiny_model_dir), base=base, progress=False, update=True) == v2
+    # Another method cannot be trained from this one: learned from scratch, and said so in the lineage.
+    v3 = learn([docs], "acme", config(tiny_model_dir, method="tinylora"), base=base, progress=False, update=True)
+    assert v3.manifest["lineage"]["mode"] == "full" and v3.manifest["lineage"]["parent"] == 2
+
+
+def test_update_starts_from_the_parents_weights(tmp_path, workspace, tiny_model_dir, base):
+    """With nothing to learn but one fact, the update's memory stays near its parent's, far from a fresh one."""
+    from safetensors.torch import load_file
+
+    docs = write(tmp_path / "docs", {"company.md": COMPANY, "bergen.md": BERGEN})
+    v1 = learn([docs], "acme", config(tiny_model_dir), base=base, progress=False)
+    write(docs, {"company.md": COMPANY, "bergen.md": BERGEN.replace("34", "35")})
+    v2 = learn([docs], "acme", config(tiny_model_dir, lr=1e-5), base=base, progress=False, update=True)
+    w1, w2 = (load_file(v / "adapter_model.safetensors") for v in (v1.path, v2.path))
+    b = [k for k in w1 if "lora_B" in k]
+    assert all(torch.allclose(w1[k], w2[k], atol=1e-3) for k in b)
+    assert v2.manifest["training"]["steps"] < v1.manifest["training"]["steps"]  # a small change, a short update
+    assert any(w1[k].abs().max() > 1e-3 for k in b)  # (a fresh LoRA's B starts at zero)
+
+
+def test_forget_removes_a_documents_knowledge_without_its_files(tmp_path, workspace, tiny_model_dir, base):
+    docs = write(tmp_path / "docs", {"company.md": COMPANY, "party.md": PARTY})
+    learn([docs], "acme", config(tiny_model_dir), base=base, progress=False)
+    write(docs, {})  # the documents are gone from disk: forget works from the memory and the cache
+    with pytest.raises(InweightsError, match="no document"):
+        forget("acme", ["nothing.md"], base=base, progress=False)
+    v2 = forget("acme", [str(docs / "party.md")], base=base, progress=False, check=4)
+    m = v2.manifest
+    assert [d["path"] for d in m["documents"]] == ["company.md"]
+    assert m["lineage"]["mode"] == "forget" and m["lineage"]["delta"]["removed"] == ["party.md"]
+    assert m["synthetic"]["removed_facts"] > 0 and m["synthetic"]["fresh"] == 0
+    assert m["forget_check"]["asked"] == 4 and 0 <= m["forget_check"]["answered_after"] <= 4
+    with pytest.raises(InweightsError, match="leaves nothing"):
+        forget("acme", ["company.md"], base=base, progress=False)
+
+
+def test_a_failed_update_leaves_the_previous_version_newest(tmp_path, workspace, tiny_model_dir, base, monkeypatch):
+    docs = write(tmp_path / "docs", {"company.md": COMPANY})
+    learn([docs], "acme", config(tiny_model_dir), base=base, progress=False)
+    write(docs, {"company.md": COMPANY.replace("2011", "2012")})
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr("inweights.api.train", crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        learn([docs], "acme", config(tiny_model_dir), base=base, progress=False, update=True)
+    assert [v.version for v in Workspace().versions("acme")] == [1]
+    assert not list((workspace / "memories" / "acme").glob(".staging*"))
+    assert not any("lora" in n for n, _ in base.model.named_parameters())
+
+
+# --- versions ---------------------------------------------------------------------------------------------------
+
+
+def test_the_lock_stops_a_second_run_on_the_same_memory(workspace):
+    ws = Workspace()
+    with ws.lock("acme", "inweights learn"):
+        with pytest.raises(InweightsError, match="being changed by `inweights learn` \\(pid"):
+            with ws.lock("acme", "inweights learn --update"):
+                pass
+        with ws.lock("other", "inweights learn"):  # another memory is independent
+            pass
+    with ws.lock("acme", "inweights forget"):  # released when the first run ended
+        pass
+
+
+def fake_version(ws: Workspace, name: str, docs: list[dict], rank: int = 16, marker: str = "1"):
+    def fill(directory: Path) -> None:
+        (directory / "adapter_model.safetensors").write_text(marker)
+        manifest = {"name": name, "created": "2026-12-03T10:00:00+00:00", "method": "lora",
+                    "base": {"name": "b", "fingerprint": "f"}, "documents": docs,
+                    "config": LearnConfig(train=TrainConfig(rank=rank)).to_dict(),
+                    "synthetic": {"examples": 1}, "training": {"steps": 1}, "timings": {"total_s": 1.0}}
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    return ws.publish(name, fill)
+
+
+def test_rollback_diff_and_rm(workspace, capsys):
+    ws = Workspace()
+    fake_version(ws, "acme", [record("a.md", "A1", ["x"])], marker="one")
+    fake_version(ws, "acme", [record("a.md", "A2", ["y"]), record("b.md", "B1", ["z"])], rank=8, marker="two")
+    v3 = rollback("acme", 1)
+    assert v3.version == 3 and (v3.path / "adapter_model.safetensors").read_text() == "one"
+    assert v3.manifest["lineage"] == {"mode": "rollback", "parent": 2, "rolled_back_to": 1,
+                                      "delta": delta(ws.get("acme@2").manifest["documents"],
+                                                     ws.get("acme@1").manifest["documents"]).summary()}
+    with pytest.raises(InweightsError, match="already the newest"):
+        rollback("acme", 3)
+
+    report = {"headline_metric": "em", "created": "now", "run": {"questions_file": "q.jsonl"},
+              "questions": {"n": 10}, "conditions": {"memory": {"scores": {"em": 0.4}}},
+              "forgetting": {"memory": {"mean_change_points": -1.5}}}
+    record_evaluation(ws.get("acme@1"), report)
+    record_evaluation(ws.get("acme@2"), report | {"conditions": {"memory": {"scores": {"em": 0.6}}}})
+    d = diff("acme@1", "acme@2")
+    assert d["documents"]["added"] == ["b.md"] and d["documents"]["changed"] == ["a.md"]
+    assert d["config"]["train.rank"] == [16, 8]
+    assert d["scores"]["q.jsonl"]["memory"] == [0.4, 0.6]
+    text = render_diff(d)
+    assert "+ b.md" in text and "~ a.md" in text and "train.rank: 16 -> 8" in text and "0.400 -> 0.600" in text
+
+    assert main(["rm", "acme@3"]) == 2  # no terminal to confirm on, and no --yes: nothing deleted
+    assert "confirm with --yes" in capsys.readouterr().err and ws.get("acme").version == 3
+    assert main(["rm", "acme@3", "--yes"]) == 0
+    assert ws.get("acme").version == 2  # the server follows the newest version: now v2
+    assert fake_version(ws, "acme", [record("a.md", "A3", ["q"])]).version == 4  # numbers are never reused
+    remove("acme")
+    assert ws.versions("acme") == [] and "acme" not in ws.memories()
+
+
+def test_cli_history_and_diff(workspace, capsys):
+    ws = Workspace()
+    fake_version(ws, "acme", [record("a.md", "A1", ["x"])])
+    fake_version(ws, "acme", [record("a.md", "A2", ["y"])])
+    assert main(["history", "acme", "--documents"]) == 0
+    out = capsys.readouterr().out
+    assert "v1" in out and "v2" in out and "a.md" in out
+    assert main(["diff", "acme@1", "acme"]) == 0
+    assert "~ a.md" in capsys.readouterr().out
