@@ -82,6 +82,18 @@ def test_cli_learn_ask_history(tmp_path, workspace, tiny_model_dir, capsys):
     assert main(["memories"]) == 0
     assert capsys.readouterr().out.startswith("acme  v1  lora")
 
+    (tmp_path / "doc.md").write_text("Fjordlight was founded by Ingrid Vassbotn in 2012. It makes TideLog sensors.")
+    (tmp_path / "more.md").write_text("The Bergen office opened in April 2016.")
+    assert main(["learn", str(tmp_path), "--memory", "acme", "--base", str(tiny_model_dir), "--strategies", "cloze",
+                 "--epochs", "1", "--replay-fraction", "0", "--no-progress", "--update"]) == 0
+    assert "memory acme@2 written" in capsys.readouterr().out
+    assert main(["forget", "acme", "more.md", "--no-progress", "--check", "2"]) == 0
+    assert "memory acme@3 written" in capsys.readouterr().out
+    assert main(["history", "acme"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "update from v1  2 documents  +1 ~1 -0 documents" in lines[1]
+    assert "forget from v2" in lines[2] and "-1 documents" in lines[2]
+
 
 @pytest.mark.parametrize("module, argv, fix", [
     ("fastapi", ["serve"], "pip install 'fastapi>=0.165'"),

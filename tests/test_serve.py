@@ -500,3 +500,23 @@ def test_export_refuses_adapters_vllm_cannot_load(workspace, base, tmp_path, cha
     with pytest.raises(InweightsError, match=message):
         export_memory("acme", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_rollback_and_rm_are_followed_without_restart(workspace, base):
+    from inweights.versions import remove, rollback
+
+    make_memory(base, "acme", seed=1)
+    make_memory(base, "acme", seed=2)
+    with running(base) as (url, server):
+        api = client(url)
+        first = api.completions.create(model="acme@1", prompt=PROMPTS[1], max_tokens=12)
+        second = api.completions.create(model="acme", prompt=PROMPTS[1], max_tokens=12)
+        assert second.model == "acme@2" and second.choices[0].text != first.choices[0].text
+        rollback("acme", 1)  # acme@3 holds acme@1's memory
+        back = api.completions.create(model="acme", prompt=PROMPTS[1], max_tokens=12)
+        assert back.model == "acme@3" and back.choices[0].text == first.choices[0].text
+        remove("acme@3")
+        after = api.completions.create(model="acme", prompt=PROMPTS[1], max_tokens=12)
+        assert after.model == "acme@2" and after.choices[0].text == second.choices[0].text
+        with pytest.raises(openai.NotFoundError):
+            api.completions.create(model="acme@3", prompt=PROMPTS[1], max_tokens=12)

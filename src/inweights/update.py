@@ -69,7 +69,8 @@ def document_records(documents: Sequence, chunks: Sequence[Chunk]) -> list[dict]
 
 def can_update(manifest: dict) -> bool:
     """Whether a version records its chunks (versions learned before inweights 0.3 do not)."""
-    return all("chunk_sha256" in d for d in manifest.get("documents", []))
+    documents = manifest.get("documents")
+    return bool(documents) and all("chunk_sha256" in d for d in documents)
 
 
 def delta(parent_documents: Sequence[dict], documents: Sequence[dict]) -> Delta:
