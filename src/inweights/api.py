@@ -292,13 +292,14 @@ def _train_update(parent: MemoryVersion, records: list[dict], memory: str, confi
     parent's `old` examples and the `current` ones, and a rehearsal sample of `rehearsal_pool`; publish it."""
     t = time.perf_counter()
     train_config = _update_train_config(parent, config.train)
+    old, _ = drop_eval_overlap(old, exclude_questions)  # the cache holds them as made, before decontamination
     changed, removed = contrast(old, current)
     tokenizer, max_len, end = base.tokenizer, train_config.max_seq_len, base.newline_id
     unlikely = unlikely_rows(tokenizer, changed, max_len, end)
     forget_rows = base_rows(base, removed, max_len, end, workspace.cache_dir("distill"), progress=progress)
     n_rehearse = round(train_config.rehearsal * (len(fresh) + len(unlikely) + len(forget_rows)))
     rehearse = within_budget(rehearsal_pool, n_rehearse, lambda e: 1, seed=train_config.seed)
-    assert_no_leak(fresh + rehearse, exclude_questions)
+    assert_no_leak(fresh + rehearse + removed + [o for o, _ in changed], exclude_questions)
     items = sft_rows(tokenizer, fresh + rehearse, max_len, end) + unlikely + forget_rows
     if not items:
         raise InweightsError(f"nothing to train: the change since {parent.ref} left no question to learn or unlearn")
