@@ -24,6 +24,8 @@ Corpora:
 
     python benchmarks/update.py --corpus handbook --out benchmarks/results/update/handbook
     python benchmarks/update.py --corpus squad --out benchmarks/results/update/squad --chain 1
+    python benchmarks/update.py --corpus squad --chain 1 --rehearsal 0 --reuse benchmarks/results/update/squad \
+        --out benchmarks/results/update/squad_rehearsal0      # the update again, another rehearsal size
     python benchmarks/update.py --corpus handbook --base DIR --general-limit 2 --out /tmp/upd   # smoke
 
 A rerun with the same --out goes on from what it finished (results.json).
@@ -193,6 +195,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--general-limit", type=int, default=100, help="items per general task (default 100)")
     parser.add_argument("--rehearsal", type=float, default=None, help="TrainConfig.rehearsal (default: its default)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--forget", default=None, help="after the updates, `forget` this document from the "
+                        "newest version and ask its questions (with the values of the last release) and the others")
+    parser.add_argument("--reuse", type=Path, default=None, help="take the base, release-1 and full re-learn runs "
+                        "(results and memories) of this earlier --out, and run only the updates")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -214,6 +220,8 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     workspace = Workspace(out / "workspace")
     results_path = out / "results.json"
+    if args.reuse and not results_path.is_file():
+        _reuse(args.reuse, out)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     settings = {"corpus": args.corpus, "chain": chain, "base": base.name, "general_limit": n,
                 "rehearsal": args.rehearsal, "questions": len(questions)}
@@ -282,11 +290,68 @@ def main(argv: list[str] | None = None) -> dict:
         label = f"update_{k - 1}"
         ref = learned(label, k, "chain", update=True)
         evaluate(label, ref, k - 1, general=k - 1 in (1, 2, 5))
+    if args.forget:
+        forget_document(args.forget, results, questions, chain, base, workspace, exclude, progress, save)
     results["summary"] = summary(results, chain)
     save()
     (out / "results.md").write_text(markdown(results))
     print((out / "results.md").read_text())
     return results
+
+
+def forget_document(document: str, results: dict, questions: list[dict], chain: int, base, workspace, exclude,
+                    progress: bool, save) -> None:
+    """`inweights forget` one document from the newest chain version: how many of its questions are still
+    answered with their last value (before, after, the base model), and the other questions' accuracy."""
+    from inweights.api import forget, load_memory
+    from inweights.evaluate.metrics import contains
+
+    if "forget" in results["runs"]:
+        return
+    last = chain  # 0-based release index of the newest version
+    asked = [q for q in questions if q["gold"][last] is not None]
+    gone = [q for q in asked if q["source"] == document]
+    kept = [q for q in asked if q["source"] != document]
+    parent = workspace.get("chain")
+    t = time.perf_counter()
+    version = forget("chain", [document], base=base, workspace=workspace, progress=progress)
+    seconds = time.perf_counter() - t
+    loaded = load_memory(version.ref, base=base, workspace=workspace)
+    try:
+        after = dict(zip([q["question"] for q in asked], loaded.answer([q["question"] for q in asked])))
+    finally:
+        loaded.close()
+    before = results["runs"][f"update_{chain}"]["answers"] if chain else results["runs"]["v1_full"]["answers"]
+    base_answers = results["runs"]["base"]["answers"]
+
+    def rate(answers, rows):
+        return sum(contains(answers[q["question"]], q["gold"][last]) for q in rows) / max(len(rows), 1)
+
+    m = version.manifest
+    results["runs"]["forget"] = {
+        "ref": version.ref, "parent": parent.ref, "document": document, "answers": after,
+        "forgotten_still_answered": {"n": len(gone), "before": rate(before, gone), "after": rate(after, gone),
+                                     "base": rate(base_answers, gone)},
+        "others_accuracy": {"n": len(kept), "before": rate(before, kept), "after": rate(after, kept)},
+        "forget_check": m.get("forget_check"), "seconds": round(seconds, 1),
+        "manifest": {"synthetic": {k: v for k, v in m["synthetic"].items() if k not in ("diversity", "by_strategy")},
+                     "steps": m["training"]["steps"], "timings": m["timings"]}}
+    save()
+    print(f"forget: {json.dumps(results['runs']['forget']['forgotten_still_answered'])} others "
+          f"{json.dumps(results['runs']['forget']['others_accuracy'])}", flush=True)
+
+
+def _reuse(source: Path, out: Path) -> None:
+    """Start `out` from `source`'s base, v1_full and v2_full runs: their results and memories (chain@1, full)."""
+    from inweights.store import Workspace
+
+    earlier = json.loads((source / "results.json").read_text())
+    shutil.copytree(source / "workspace", out / "workspace")
+    workspace = Workspace(out / "workspace")
+    for v in workspace.versions("chain")[1:]:
+        workspace.remove("chain", v.version)
+    keep = {k: v for k, v in earlier["runs"].items() if k in ("base", "v1_full", "v2_full")}
+    (out / "results.json").write_text(json.dumps({"runs": keep, "reused_from": str(source)}, indent=1))
 
 
 def summary(results: dict, chain: int) -> dict:
@@ -309,6 +374,9 @@ def summary(results: dict, chain: int) -> dict:
         "wikitext2_ppl_pct": {label: r["general_change"]["wikitext2"]["ppl_pct"]
                               for label, r in runs.items() if "general_change" in r},
     }
+    if "forget" in runs:
+        out["forget"] = {k: runs["forget"][k] for k in ("document", "forgotten_still_answered", "others_accuracy",
+                                                        "forget_check", "seconds")}
     return out
 
 
@@ -325,6 +393,8 @@ def markdown(results: dict) -> str:
              "| run | release | unchanged acc | changed acc | stale | new acc | removed still answered | "
              "WikiText-2 ppl | general (mean pts) | time s | steps |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for label, r in runs.items():
+        if label == "forget":
+            continue
         sc = r.get("scores", {})
 
         def cell(cat, key):
@@ -349,6 +419,8 @@ def markdown(results: dict) -> str:
               f"- update time / full re-learn time: {sm.get('time_vs_full')} (<= 0.30 for a 10% change)",
               f"- WikiText-2 perplexity change: {sm.get('wikitext2_ppl_pct')} (after 5 updates <= the full "
               "re-learn's)"]
+    if "forget" in sm:
+        lines.append(f"- forget: {json.dumps(sm['forget'])}")
     return "\n".join(lines) + "\n"
 
 
