@@ -6,6 +6,10 @@ Every fast test uses it, so the whole suite runs on a CPU in seconds with fixed 
 from __future__ import annotations
 
 import os
+import socket
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -72,6 +76,37 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.skip("../shared/data is not present")
     return path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def running(base, **settings):
+    """A real `inweights serve` (uvicorn) on loopback in a background thread; yields (url, server)."""
+    import uvicorn
+
+    from inweights.serve import ServeConfig
+    from inweights.serve.app import Server, create_app
+
+    config = ServeConfig(port=free_port(), **settings)
+    server = Server(base, config)
+    web = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=config.port, log_level="error"))
+    thread = threading.Thread(target=web.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 20
+    while not web.started:
+        assert time.time() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{config.port}", server
+    finally:
+        web.should_exit = True
+        thread.join(10)
+        server.close()  # puts the base model's own linear layers back
 
 
 def pytest_collection_modifyitems(config, items):

@@ -6,17 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import torch
-import uvicorn
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from inweights import InweightsError, LearnConfig, SynthConfig, TrainConfig, Workspace, learn
@@ -24,10 +21,11 @@ from inweights.generate import generate
 from inweights.models import load_base
 from inweights.serve import ServeConfig, add_key, export_memory, list_keys, revoke_key
 from inweights.serve.adapters import AdapterCache, CacheFull
-from inweights.serve.app import Server, create_app, render_chat
+from inweights.serve.app import Server, render_chat
 from inweights.serve.batcher import Batcher, Generation, QueueFull
 from inweights.serve.export import vllm_max_lora_rank
 from inweights.prompt import QA_TEMPLATE
+from conftest import running
 
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 PROMPTS = ["The Oslo office", "Paris is the capital of France. The quick brown fox jumps over the lazy dog.",
@@ -76,32 +74,6 @@ def alone(base, version, prompt: str, max_tokens: int, stop_ids) -> str:
         return generate(model, base.tokenizer, [prompt], max_tokens, stop_token_ids=stop_ids)[0]
     finally:
         model.unload()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def running(base, **settings):
-    """A real uvicorn server on loopback in a background thread; yields (url, server)."""
-    config = ServeConfig(port=free_port(), **settings)
-    server = Server(base, config)
-    web = uvicorn.Server(uvicorn.Config(create_app(server), host="127.0.0.1", port=config.port, log_level="error"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 20
-    while not web.started:
-        assert time.time() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{config.port}", server
-    finally:
-        web.should_exit = True
-        thread.join(10)
-        server.close()  # puts the base model's own linear layers back
 
 
 def client(url: str, key: str = "none") -> openai.OpenAI:

@@ -32,7 +32,7 @@ from inweights.store import MemoryVersion, Workspace, validate_name
 from inweights.prompt import qa_prompt
 from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
                               items_per_fact, synthesize, token_counter, within_budget)
-from inweights.synth.teacher import LocalTeacher
+from inweights.synth.teacher import make_teacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
 from inweights.train import train
@@ -95,7 +95,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
 
     t = time.perf_counter()
     needs_teacher = any(_strategy(s).NEEDS_TEACHER for s in config.synth.strategies)
-    teacher = LocalTeacher(base, batch_size=config.synth.teacher_batch_size) if needs_teacher else None
+    teacher = make_teacher(config.synth, base, workspace.cache_dir("teacher")) if needs_teacher else None
     examples, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
     examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
     pool = len(examples)
@@ -134,6 +134,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
                           "warmup_examples": len(warmup), "held_out_wordings": len(held_out),
                           "items_per_fact": per_fact, "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                          "teacher_usage": getattr(teacher, "usage", None),
                           "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)})
 
     version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
@@ -269,7 +270,7 @@ def _update(parent: MemoryVersion, records: list[dict], chunks, memory: str, con
     _say(progress, f"updating {parent.ref}: {change.describe()}")
     t = time.perf_counter()
     needs_teacher = any(_strategy(s).NEEDS_TEACHER for s in config.synth.strategies)
-    teacher = LocalTeacher(base, batch_size=config.synth.teacher_batch_size) if needs_teacher else None
+    teacher = make_teacher(config.synth, base, workspace.cache_dir("teacher")) if needs_teacher else None
     current, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
     current, decontaminated = drop_eval_overlap(current, exclude_questions)
     fresh = [e for e in current if e.chunk_sha256 in change.fresh_chunks]
@@ -280,6 +281,7 @@ def _update(parent: MemoryVersion, records: list[dict], chunks, memory: str, con
     version = _train_update(parent, records, memory, config, base, workspace, cache, fresh, rehearsal_pool,
                             current, old, missing, change, exclude_questions, progress, timings, t_start,
                             {"by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                             "teacher_usage": getattr(teacher, "usage", None),
                              "dropped_matching_eval_questions": decontaminated}, mode="update")
     return version
 

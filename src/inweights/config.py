@@ -48,6 +48,20 @@ class SynthConfig:
     """Rows per generation batch."""
     teacher_seed: int = 0
     """Seed of the teacher's sampling."""
+    teacher: str | None = None
+    """OpenAI-compatible base URL of a remote teacher (vLLM, llama.cpp, Ollama, a hosted API, `inweights serve`),
+    for example http://localhost:8000/v1; None: the base model itself, run locally. Its key is read from the
+    environment variable named by teacher_key_env."""
+    teacher_model: str | None = None
+    """The model name the remote teacher serves."""
+    teacher_concurrency: int = 4
+    """Requests in flight at once to the remote teacher."""
+    teacher_timeout: float = 120.0
+    """Seconds one request to the remote teacher may take before it is retried."""
+    teacher_deadline: float = 600.0
+    """Seconds of retrying (429, 5xx, timeouts, broken replies) after which a request fails and learn stops."""
+    teacher_key_env: str = "INWEIGHTS_TEACHER_API_KEY"
+    """Environment variable holding the remote teacher's API key (never given on the command line)."""
 
     def __post_init__(self):
         from inweights.synth import STRATEGIES
@@ -63,6 +77,10 @@ class SynthConfig:
             raise ValueError("budget must be at least 1 token")
         if self.rephrases_per_sentence < 0:
             raise ValueError("rephrases_per_sentence must be >= 0")
+        if self.teacher_concurrency < 1 or self.teacher_timeout <= 0 or self.teacher_deadline <= 0:
+            raise ValueError("teacher_concurrency must be >= 1 and teacher_timeout, teacher_deadline > 0")
+        if self.teacher and not self.teacher_model:
+            raise ValueError("a remote teacher (--teacher URL) needs --teacher-model NAME")
 
 
 @dataclass

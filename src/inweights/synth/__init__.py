@@ -69,6 +69,11 @@ class _Registry(dict):
 STRATEGIES = _Registry()
 
 
+# Settings that do not change what a strategy makes (the teacher's URL and model are in its id).
+_NOT_IN_KEY = ("strategies", "teacher_batch_size", "budget", "teacher", "teacher_model", "teacher_concurrency",
+               "teacher_timeout", "teacher_deadline", "teacher_key_env")
+
+
 class ExampleCache:
     """Examples keyed by (strategy, its version, chunk hash, teacher, settings): a rerun or a resumed run
     regenerates only what is missing. One JSONL file per key, written atomically."""
@@ -77,7 +82,7 @@ class ExampleCache:
         self.directory = Path(directory)
 
     def key(self, strategy, chunk, teacher_id: str, config) -> str:
-        settings = {k: v for k, v in asdict(config).items() if k not in ("strategies", "teacher_batch_size", "budget")}
+        settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_KEY}
         raw = json.dumps([strategy.NAME, strategy.VERSION, chunk.sha256, chunk.doc_path, chunk.doc_sha256,
                           teacher_id if strategy.NEEDS_TEACHER else "none", settings], sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()
