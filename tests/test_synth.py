@@ -180,3 +180,73 @@ def test_budget_takes_evenly_across_chunks_and_kinds_and_grows_with_the_budget()
     assert within_budget(pool, 120, words, seed=0) == small  # seeded
     assert within_budget(pool, None, words) == pool and within_budget(pool, 10**9, words) != []
     assert len(within_budget(pool, 10**9, words)) == len(pool)
+
+
+# --- strategies for a strong teacher: free text, kept only when grounded in the chunk ------------------------
+
+
+def test_invented_facts_are_numbers_and_names_the_source_lacks():
+    from inweights.synth.text import invented_facts
+
+    source = "The Bergen office opened in April 2016. It was founded by Ingrid Vassbotn."
+    assert invented_facts("Because the Bergen office opened in April 2016, Ingrid Vassbotn hired staff.", source) == set()
+    assert invented_facts("The Bergen office opened in May 2017 under Lars Holm.", source) == {
+        "may", "2017", "lars", "holm"}
+    assert invented_facts("1. Bergen opened in 2016.\n- Vassbotn founded it.", source) == set()  # list markers
+
+
+def test_entigraph_relates_entity_pairs_and_drops_invented_facts():
+    from inweights.synth import entigraph
+
+    def reply(prompt, prefix):
+        pair = prompt.rsplit("explain in one paragraph how ", 1)[1].split(" are related")[0]
+        if "Ingrid Vassbotn" in pair and "Bergen" in pair:
+            return "Ingrid Vassbotn founded the Bergen office, which opened in April 2016 as its first site."
+        return f"{pair} are linked because both appear in the handbook of 1999 written by Ola Nordmann."
+
+    stats = Counter()
+    teacher = ScriptedTeacher(reply)
+    examples = entigraph.make(chunk(), teacher, SynthConfig(entity_pairs=6, entity_triples=1), stats)
+    assert stats["made"] == 7 and stats["dropped_invented_a_fact"] == 5  # the other five pairs: 1999, Ola Nordmann
+    assert stats["dropped_duplicate"] == 1  # the triple (Bergen, April 2016, Ingrid Vassbotn) got the same text
+    assert [e.completion for e in examples] == [
+        "Ingrid Vassbotn founded the Bergen office, which opened in April 2016 as its first site."]
+    assert examples[0].strategy == "entigraph" and examples[0].prompt == ""
+
+
+def test_implications_keep_grounded_items_and_rewrite_sentences():
+    from inweights.synth import implications
+
+    def reply(prompt, prefix):
+        if prompt.startswith("Let's"):
+            return ("1. The Bergen office has been open since April 2016.\n"
+                    "2. The Bergen office was founded by Ingrid Vassbotn in 1999.\n3. Yes.")
+        return "In April 2016 the Bergen office opened its doors. Ingrid Vassbotn is the person who founded it."
+
+    stats = Counter()
+    examples = implications.make(chunk(), ScriptedTeacher(reply), SynthConfig(rephrases_per_sentence=1), stats)
+    assert [e.completion for e in examples] == [
+        "The Bergen office has been open since April 2016.", "In April 2016 the Bergen office opened its doors.",
+        "Ingrid Vassbotn is the person who founded it."]
+    assert stats["dropped_invented_a_fact"] == 1 and stats["dropped_too_short"] == 1
+
+
+def test_active_reading_applies_the_strategies_it_proposes_or_falls_back():
+    from inweights.synth import active_reading
+
+    asked = []
+
+    def reply(prompt, prefix):
+        asked.append(prompt)
+        if "study strategies" in prompt:
+            return "1. Make a timeline of every date in the text.\n2. Write a short self-quiz with answers."
+        return "- April 2016: the Bergen office opened its doors.\n- The TideLog 300 costs 1,450 euros, a bargain."
+
+    stats = Counter()
+    examples = active_reading.make(chunk(), ScriptedTeacher(reply), SynthConfig(study_strategies=2), stats)
+    assert stats["strategies"] == 2 and "Study task: Make a timeline of every date in the text." in asked[1]
+    assert len(examples) == 2 and stats["dropped_duplicate"] == 2  # both strategies wrote the same two lines
+    fallback = Counter()
+    active_reading.make(chunk(), ScriptedTeacher(lambda p, _: "" if "strategies" in p else "Nothing."),
+                        SynthConfig(), fallback)
+    assert fallback["fallback_strategies"] == 1 and fallback["strategies"] == 3

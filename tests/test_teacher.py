@@ -165,3 +165,24 @@ def test_a_teacher_url_needs_a_model_and_an_http_scheme():
         SynthConfig(teacher="http://localhost:8000/v1")
     with pytest.raises(InweightsError, match="not an http"):
         RemoteTeacher("localhost:8000", "m")
+
+
+def test_every_teacher_strategy_runs_through_the_server_and_its_cache(server, tmp_path):
+    from inweights.corpus import Chunk
+    from inweights.synth import ExampleCache, synthesize
+
+    text = "The Bergen office of Fjordlight opened in April 2016. It was founded by Ingrid Vassbotn in Ulvikstrand."
+    chunk = Chunk("doc.md", "d" * 64, 0, text, 30, "c" * 64)
+    config = SynthConfig(strategies=("qa", "rephrase", "entigraph", "active_reading", "implications"),
+                         questions_per_fact=1, rephrases_per_sentence=1, entity_pairs=2, entity_triples=0,
+                         study_strategies=1)
+    remote = teacher(server, cache_dir=tmp_path / "teacher")
+    cache = ExampleCache(tmp_path / "synth")
+    _, stats = synthesize([chunk], remote, config, cache, progress=False)
+    # A random tiny model writes noise, so the filters keep little; that every strategy asked and counted is tested.
+    assert all(stats[name]["made"] > 0 for name in config.strategies), stats
+    asked = remote.usage["requests"]
+    assert asked > 0
+    _, again = synthesize([chunk], remote, config, cache, progress=False)
+    assert all(again[name]["chunks_from_cache"] == 1 for name in config.strategies)
+    assert remote.usage["requests"] == asked

@@ -19,7 +19,9 @@ class SynthConfig:
     """Strategies to run, by name: facts, cloze and selfstudy (LLM-free; facts: natural questions from spaCy's
     parse, several wordings per fact; cloze: fill-in-the-blank and echo questions on regex spans; selfstudy:
     seed prompts of seven kinds per sentence and entity, sized by --budget), qa and rephrase (written by the
-    teacher, the base model).
+    teacher: the base model, or a remote one with --teacher), and entigraph, active_reading and implications
+    (free text from a teacher, for a strong remote one: how entities relate; self-chosen study strategies;
+    SEAL's implications and rewrites).
     The teacher strategies are off by default: with the embedded 270M model as teacher they cost minutes per
     chunk and few of their outputs survive the filters (see README)."""
     budget: int | None = None
@@ -41,7 +43,14 @@ class SynthConfig:
     questions_per_fact: int = 2
     """Questions the teacher writes for each fact (sampled, so they differ)."""
     rephrases_per_sentence: int = 2
-    """Paraphrases the teacher writes for each sentence."""
+    """Paraphrases the teacher writes for each sentence (implications: lists of implications and rewrites per
+    chunk)."""
+    entity_pairs: int = 8
+    """entigraph: entity pairs per chunk whose relation the teacher writes (pairs sharing a sentence first)."""
+    entity_triples: int = 2
+    """entigraph: entity triples per chunk."""
+    study_strategies: int = 3
+    """active_reading: study strategies the teacher proposes for each chunk, then applies to it."""
     temperature: float = 0.8
     """Sampling temperature of the teacher."""
     teacher_batch_size: int = 16
@@ -70,7 +79,7 @@ class SynthConfig:
         unknown = [s for s in self.strategies if s not in STRATEGIES]
         if unknown or not self.strategies:
             raise ValueError(f"unknown strategies {unknown}; choose from {sorted(STRATEGIES)}")
-        for name in ("chunk_tokens", "facts_per_sentence", "questions_per_fact", "teacher_batch_size"):
+        for name in ("chunk_tokens", "facts_per_sentence", "questions_per_fact", "teacher_batch_size", "study_strategies"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.budget is not None and self.budget < 1:

@@ -1,6 +1,7 @@
 """Synthetic training data: strategies turn a chunk into (prompt, completion) examples; results are cached.
 
-A strategy is a module with `NAME`, `VERSION`, `NEEDS_TEACHER` and `make(chunk, teacher, config, stats)`.
+A strategy is a module with `NAME`, `VERSION`, `NEEDS_TEACHER` and `make(chunk, teacher, config, stats)`; one
+with settings of its own lists them in `SETTINGS` (they join its cache key).
 Adding one means writing that module and adding it to `STRATEGIES` below.
 """
 
@@ -37,9 +38,9 @@ def qa_example(question: str, answer: str, chunk, strategy: str, teacher: str) -
 
 
 def _strategies():
-    from inweights.synth import cloze, facts, qa, rephrase, selfstudy
+    from inweights.synth import active_reading, cloze, entigraph, facts, implications, qa, rephrase, selfstudy
 
-    return {m.NAME: m for m in (cloze, facts, qa, rephrase, selfstudy)}
+    return {m.NAME: m for m in (cloze, facts, qa, rephrase, selfstudy, entigraph, active_reading, implications)}
 
 
 class _Registry(dict):
@@ -74,6 +75,10 @@ _NOT_IN_KEY = ("strategies", "teacher_batch_size", "budget", "teacher", "teacher
                "teacher_timeout", "teacher_deadline", "teacher_key_env")
 
 
+# Settings of one strategy each, in its key only (so adding one keeps every other strategy's cache).
+_STRATEGY_ONLY = ("entity_pairs", "entity_triples", "study_strategies")
+
+
 class ExampleCache:
     """Examples keyed by (strategy, its version, chunk hash, teacher, settings): a rerun or a resumed run
     regenerates only what is missing. One JSONL file per key, written atomically."""
@@ -82,7 +87,9 @@ class ExampleCache:
         self.directory = Path(directory)
 
     def key(self, strategy, chunk, teacher_id: str, config) -> str:
-        settings = {k: v for k, v in asdict(config).items() if k not in _NOT_IN_KEY}
+        own = getattr(strategy, "SETTINGS", ())
+        settings = {k: v for k, v in asdict(config).items()
+                    if k not in _NOT_IN_KEY and (k not in _STRATEGY_ONLY or k in own)}
         raw = json.dumps([strategy.NAME, strategy.VERSION, chunk.sha256, chunk.doc_path, chunk.doc_sha256,
                           teacher_id if strategy.NEEDS_TEACHER else "none", settings], sort_keys=True)
         return hashlib.sha256(raw.encode()).hexdigest()

@@ -89,6 +89,16 @@ def fact_tokens(text: str) -> set[str]:
     return {re.sub(r"['’]s$", "", t).lower() for t in found} - _COMMON_CAPITALS  # "Bergen's" is Bergen
 
 
+def invented_facts(text: str, source: str) -> set[str]:
+    """Numbers and names in `text` that `source` does not contain: what a teacher made up. List markers ("1.",
+    "-") are not numbers, and a capitalised word that opens a sentence or a line ("Because") is not a name."""
+    text = re.sub(r"(?m)^\s*(?:\d+[.)]|[-*•])\s+", "", text)
+    numbers = {t.lower() for t in re.findall(r"\b(?:\d[\d,.:]*\d|\d)\b", text)}
+    names = {re.sub(r"['’]s$", "", m.group(0)).lower() for m in re.finditer(r"\b[A-Z][\w'’-]+\b", text)
+             if text[: m.start()].rstrip(" \t\"'(“")[-1:] not in ("", ".", "!", "?", ":", ";", "\n")}
+    return (numbers | names) - fact_tokens(source) - _COMMON_CAPITALS
+
+
 _COMMON_CAPITALS = {"the", "a", "an", "it", "its", "this", "that", "these", "those", "in", "on", "at", "each",
                     "every", "all", "he", "she", "they", "we", "you", "i", "there", "staff", "employees", "after",
                     "before", "during", "when", "if", "for", "from", "with", "and", "but", "as", "by", "of", "to",
