@@ -94,8 +94,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
                              f"ahead, run the same command with --yes; to make it shorter, {fewer}.")
 
     t = time.perf_counter()
-    needs_teacher = any(_strategy(s).NEEDS_TEACHER for s in config.synth.strategies)
-    teacher = make_teacher(config.synth, base, workspace.cache_dir("teacher")) if needs_teacher else None
+    teacher = _teacher(config.synth, base, workspace)
     examples, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
     examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
     pool = len(examples)
@@ -269,8 +268,7 @@ def _update(parent: MemoryVersion, records: list[dict], chunks, memory: str, con
         return parent
     _say(progress, f"updating {parent.ref}: {change.describe()}")
     t = time.perf_counter()
-    needs_teacher = any(_strategy(s).NEEDS_TEACHER for s in config.synth.strategies)
-    teacher = make_teacher(config.synth, base, workspace.cache_dir("teacher")) if needs_teacher else None
+    teacher = _teacher(config.synth, base, workspace)
     current, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
     current, decontaminated = drop_eval_overlap(current, exclude_questions)
     fresh = [e for e in current if e.chunk_sha256 in change.fresh_chunks]
@@ -278,12 +276,11 @@ def _update(parent: MemoryVersion, records: list[dict], chunks, memory: str, con
     rehearsal_pool = [e for e in current if e.chunk_sha256 not in change.fresh_chunks]
     old, missing = parent_examples(parent, change.gone_chunks, cache)
     timings["synthesize_s"] = time.perf_counter() - t
-    version = _train_update(parent, records, memory, config, base, workspace, cache, fresh, rehearsal_pool,
-                            current, old, missing, change, exclude_questions, progress, timings, t_start,
-                            {"by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
-                             "teacher_usage": getattr(teacher, "usage", None),
-                             "dropped_matching_eval_questions": decontaminated}, mode="update")
-    return version
+    return _train_update(parent, records, memory, config, base, workspace, cache, fresh, rehearsal_pool, current,
+                         old, missing, change, exclude_questions, progress, timings, t_start,
+                         {"by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                          "teacher_usage": getattr(teacher, "usage", None),
+                          "dropped_matching_eval_questions": decontaminated}, mode="update")
 
 
 def _train_update(parent: MemoryVersion, records: list[dict], memory: str, config: LearnConfig, base: Base,
@@ -487,6 +484,13 @@ def _budget_for_an_hour(plan: Plan) -> int:
     budget = max(1000, int(0.9 * (CONFIRM_ABOVE_S - plan.synth_seconds) / max(per_token, 1e-9)))
     magnitude = 10 ** max(len(str(budget)) - 2, 0)
     return budget // magnitude * magnitude
+
+
+def _teacher(synth_config, base: Base, workspace: Workspace):
+    """The teacher the strategies need (None when every strategy is LLM-free)."""
+    if not any(_strategy(s).NEEDS_TEACHER for s in synth_config.strategies):
+        return None
+    return make_teacher(synth_config, base, workspace.cache_dir("teacher"))
 
 
 def _strategy(name: str):
