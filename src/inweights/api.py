@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import platform
 import time
 from dataclasses import asdict, dataclass, replace
@@ -28,7 +27,7 @@ from inweights.generate import generate
 from inweights.guard import replay_targets, replay_texts
 from inweights.methods import METHODS
 from inweights.models import Base, load_base
-from inweights.store import MemoryVersion, Workspace, validate_name
+from inweights.store import MANIFEST, MemoryVersion, Workspace, validate_name, write_atomic
 from inweights.prompt import qa_prompt
 from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
                               items_per_fact, synthesize, token_counter, within_budget)
@@ -174,7 +173,7 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
 
 
 def _manifest(memory: str, base: Base, config: LearnConfig, records: list[dict], result, timings: dict,
-              t_train: float, t_start: float, lineage: dict, synthetic: dict, **extra) -> dict:
+              t_train: float, t_start: float, lineage: dict, synthetic: dict) -> dict:
     timings["train_s"] = time.perf_counter() - t_train
     timings["total_s"] = time.perf_counter() - t_start
     return {
@@ -186,7 +185,6 @@ def _manifest(memory: str, base: Base, config: LearnConfig, records: list[dict],
         "config": config.to_dict(),
         "documents": records,
         **lineage,
-        **extra,
         "synthetic": synthetic,
         "training": {k: v for k, v in asdict(result).items() if k != "losses"} |
                     {"tokens_per_s": result.tokens / max(result.seconds, 1e-9),
@@ -204,7 +202,7 @@ def _lineage(parent: MemoryVersion | None, records: list[dict], mode: str) -> di
         return {"lineage": {"mode": mode, "parent": None}}
     out = {"mode": mode, "parent": parent.version}
     manifest = parent.manifest
-    if can_update(manifest) and all("chunk_sha256" in r for r in records):
+    if can_update(manifest):  # `records` always do (document_records, or a manifest that can_update)
         out["delta"] = delta(manifest["documents"], records).summary()
     return {"lineage": out}
 
@@ -276,19 +274,21 @@ def _update(parent: MemoryVersion, records: list[dict], chunks, memory: str, con
     rehearsal_pool = [e for e in current if e.chunk_sha256 not in change.fresh_chunks]
     old, missing = parent_examples(parent, change.gone_chunks, cache)
     timings["synthesize_s"] = time.perf_counter() - t
-    return _train_update(parent, records, memory, config, base, workspace, cache, fresh, rehearsal_pool, current,
-                         old, missing, change, exclude_questions, progress, timings, t_start,
-                         {"by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
-                          "teacher_usage": getattr(teacher, "usage", None),
-                          "dropped_matching_eval_questions": decontaminated}, mode="update")
+    version, _ = _train_update(parent, records, memory, config, base, workspace, cache, fresh, rehearsal_pool,
+                               current, old, missing, change, exclude_questions, progress, timings, t_start,
+                               {"by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                                "teacher_usage": getattr(teacher, "usage", None),
+                                "dropped_matching_eval_questions": decontaminated}, mode="update")
+    return version
 
 
 def _train_update(parent: MemoryVersion, records: list[dict], memory: str, config: LearnConfig, base: Base,
                   workspace: Workspace, cache: ExampleCache, fresh: list, rehearsal_pool: list, current: list,
                   old: list, missing_old_chunks: int, change, exclude_questions, progress: bool, timings: dict,
-                  t_start: float, synthetic: dict, mode: str) -> MemoryVersion:
+                  t_start: float, synthetic: dict, mode: str) -> tuple[MemoryVersion, list]:
     """Train `parent`'s memory further on `fresh` examples, the changed and removed facts found between the
-    parent's `old` examples and the `current` ones, and a rehearsal sample of `rehearsal_pool`; publish it."""
+    parent's `old` examples and the `current` ones, and a rehearsal sample of `rehearsal_pool`; publish it.
+    Returns the new version and the removed facts' examples."""
     t = time.perf_counter()
     train_config = _update_train_config(parent, config.train)
     old, _ = drop_eval_overlap(old, exclude_questions)  # the cache holds them as made, before decontamination
@@ -329,7 +329,7 @@ def _train_update(parent: MemoryVersion, records: list[dict], memory: str, confi
                                         replay=replay, warmup=warmup, progress=progress, resume_from=parent)
     _say(progress, f"{mode}: {memory!r} version {version.version} from {parent.ref} in {timings['total_s']:.0f}s "
                    f"({len(items)} rows, {result.steps} steps, final loss {result.final_loss:.3f})")
-    return version
+    return version, removed
 
 
 def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None, *, base: Base | None = None,
@@ -366,10 +366,9 @@ def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None,
                                  f"instead: inweights learn DOCS --memory {memory}")
         _say(progress, f"forgetting {', '.join(sorted(gone))} from {parent.ref}")
         timings = {"synthesize_s": time.perf_counter() - t_start}
-        version = _train_update(parent, kept, memory, config, base, workspace, cache, [], current, current, old, 0,
-                                change, (), progress, timings, t_start, {"teacher": manifest["synthetic"].get(
-                                    "teacher", "none")}, mode="forget")
-        _, removed = contrast(old, current)
+        version, removed = _train_update(parent, kept, memory, config, base, workspace, cache, [], current, current,
+                                         old, 0, change, (), progress, timings, t_start,
+                                         {"teacher": manifest["synthetic"].get("teacher", "none")}, mode="forget")
         result = forget_check(base, parent, version, removed[:check], workspace) if check and removed else None
         if result:
             _amend_manifest(version, {"forget_check": result})
@@ -410,10 +409,7 @@ def _match_document(documents: list[dict], path: str) -> str:
 
 def _amend_manifest(version: MemoryVersion, extra: dict) -> None:
     """Add facts measured after publishing (a check, an evaluation) to a version's manifest, atomically."""
-    path = version.path / "manifest.json"
-    tmp = path.with_name(f"manifest.json.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(version.manifest | extra, indent=2, ensure_ascii=False))
-    os.replace(tmp, path)
+    write_atomic(version.path / MANIFEST, json.dumps(version.manifest | extra, indent=2, ensure_ascii=False))
 
 
 @dataclass

@@ -24,6 +24,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,7 @@ class Workspace:
                     if not target.exists():
                         raise
                     continue
-                _write_atomic(directory / LAST_VERSION, str(version))
+                write_atomic(directory / LAST_VERSION, str(version))
                 return MemoryVersion(name, version, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -200,7 +201,9 @@ class Workspace:
         return targets
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` (UTF-8) to `path` through a temporary file and a rename: a reader sees the old file or the
+    new one, never half of it. Safe from several threads and processes at once."""
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)

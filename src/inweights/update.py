@@ -89,9 +89,8 @@ def delta(parent_documents: Sequence[dict], documents: Sequence[dict]) -> Delta:
     old_chunks = {sha for d in parent_documents for sha in d["chunk_sha256"]}
     new_chunks = {sha for d in documents for sha in d["chunk_sha256"]}
     out.fresh_chunks = new_chunks - old_chunks
-    out.gone_chunks = [{"sha256": sha, "doc_path": d["path"], "doc_sha256": d["sha256"]}
-                       for d in parent_documents for sha in d["chunk_sha256"]
-                       if sha not in new_chunks or d["path"] not in new or new[d["path"]]["sha256"] != d["sha256"]]
+    out.gone_chunks = [r for r in chunk_records_of(parent_documents)
+                       if r["sha256"] not in new_chunks or new.get(r["doc_path"], {}).get("sha256") != r["doc_sha256"]]
     return out
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -19,6 +18,7 @@ from typing import Sequence
 from tqdm.auto import tqdm
 
 from inweights.prompt import qa_prompt
+from inweights.store import write_atomic
 
 
 @dataclass(frozen=True)
@@ -30,6 +30,22 @@ class Example:
     doc_path: str
     doc_sha256: str
     teacher: str  # "none" for LLM-free strategies
+
+
+def passing(items, reason, key, stats) -> list:
+    """The items that `reason(item)` lets through (None) and whose `key(item)` was not kept already; each drop is
+    counted in `stats` as dropped_<reason> (dropped_duplicate for a repeat). The filter every strategy uses."""
+    kept, seen = [], set()
+    for item in items:
+        why = reason(item)
+        if why is None and key(item) in seen:
+            why = "duplicate"
+        if why:
+            stats[f"dropped_{why}"] += 1
+            continue
+        seen.add(key(item))
+        kept.append(item)
+    return kept
 
 
 def qa_example(question: str, answer: str, chunk, strategy: str, teacher: str) -> Example:
@@ -111,10 +127,8 @@ class ExampleCache:
     def put(self, key: str, examples: list[Example], stats: dict) -> None:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
         lines = [json.dumps({"stats": stats})] + [json.dumps(asdict(e), ensure_ascii=False) for e in examples]
-        tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, "\n".join(lines) + "\n")
 
 
 def synthesize(chunks: Sequence, teacher, config, cache: ExampleCache, progress: bool = True

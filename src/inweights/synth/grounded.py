@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections import Counter
 from typing import Iterable
 
-from inweights.synth import Example
+from inweights.synth import Example, passing
 from inweights.synth.text import invented_facts, normalize
 
 MIN_WORDS = 6
@@ -33,18 +33,9 @@ def rejection(text: str, source: str, mentions: Iterable[str] = ()) -> str | Non
 def keep(texts: Iterable[tuple[str, tuple[str, ...]]], chunk, name: str, teacher_id: str, stats: Counter
          ) -> list[Example]:
     """Plain-text examples of the (text, must-mention) pairs that pass `rejection`; drops counted in `stats`."""
-    out, seen = [], set()
-    for text, mentions in texts:
-        text = " ".join(text.split())
-        reason = rejection(text, chunk.text, mentions)
-        if reason is None and normalize(text) in seen:
-            reason = "duplicate"
-        if reason:
-            stats[f"dropped_{reason}"] += 1
-            continue
-        seen.add(normalize(text))
-        out.append(Example("", text, name, chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher_id))
-    return out
+    texts = [(" ".join(text.split()), mentions) for text, mentions in texts]
+    good = passing(texts, lambda t: rejection(t[0], chunk.text, t[1]), lambda t: normalize(t[0]), stats)
+    return [Example("", text, name, chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher_id) for text, _ in good]
 
 
 def items(text: str) -> list[str]:

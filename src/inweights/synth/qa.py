@@ -10,7 +10,7 @@ it can do (answer-aware question generation with a round-trip check, as in Alber
 
 from __future__ import annotations
 
-from inweights.synth import Example, qa_example
+from inweights.synth import Example, passing, qa_example
 from inweights.synth.text import answer_spans, normalize, sentences
 
 NAME = "qa"
@@ -46,17 +46,8 @@ def make(chunk, teacher, config, stats) -> list[Example]:
         prefix=_WRITE_PREFIX.format(passage=chunk.text), max_new_tokens=32,
         temperature=config.temperature, seed=config.teacher_seed)
     stats["made"] += len(questions)
-    candidates, seen = [], set()
-    for (sentence, answer), question in zip(asks, questions):
-        question = question.split("\n")[0].strip()
-        reason = _reject(question, answer, sentence)
-        if reason is None and normalize(question) in seen:
-            reason = "duplicate"
-        if reason:
-            stats[f"dropped_{reason}"] += 1
-            continue
-        seen.add(normalize(question))
-        candidates.append((question, answer))
+    written = [(q.split("\n")[0].strip(), a, s) for (s, a), q in zip(asks, questions)]
+    candidates = [(q, a) for q, a, _ in passing(written, lambda w: _reject(*w), lambda w: normalize(w[0]), stats)]
     if not candidates:
         return []
     replies = teacher.complete([f"Question: {q}\nAnswer:" for q, _ in candidates],

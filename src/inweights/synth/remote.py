@@ -26,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from inweights.errors import InweightsError
+from inweights.store import write_atomic
 
 DEFAULT_KEY_ENV = "INWEIGHTS_TEACHER_API_KEY"
 
@@ -142,9 +143,7 @@ class RemoteTeacher:
             return
         path = self.cache_dir / key[:2] / f"{key}.json"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}-{threading.get_ident()}")
-        tmp.write_text(json.dumps({"text": text}), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps({"text": text}))
 
 
 def _describe(exc: Exception) -> str:

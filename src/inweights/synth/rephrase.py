@@ -7,7 +7,7 @@ paraphrases otherwise invent facts), and it must not be a copy.
 
 from __future__ import annotations
 
-from inweights.synth import Example
+from inweights.synth import Example, passing
 from inweights.synth.text import fact_tokens, normalize, sentences
 
 NAME = "rephrase"
@@ -38,26 +38,21 @@ def make(chunk, teacher, config, stats) -> list[Example]:
                                max_new_tokens=48, temperature=config.temperature, seed=config.teacher_seed + 1)
     stats["made"] += len(outputs)
     allowed = fact_tokens(chunk.text)
-    out, seen = [], set()
-    for sentence, text in zip(asks, outputs):
-        text = text.split("\n")[0].strip()
+
+    def reason(pair) -> str | None:
+        sentence, text = pair
         if not text:
-            reason = "empty"
-        elif normalize(text) == normalize(sentence):
-            reason = "copy_of_prompt"
-        elif not (0.5 <= len(text.split()) / len(sentence.split()) <= 2.0):
-            reason = "degenerate"
-        elif not fact_tokens(sentence) <= fact_tokens(text):
-            reason = "lost_a_fact"
-        elif not fact_tokens(text) <= allowed:
-            reason = "invented_a_fact"
-        elif normalize(text) in seen:
-            reason = "duplicate"
-        else:
-            reason = None
-        if reason:
-            stats[f"dropped_{reason}"] += 1
-            continue
-        seen.add(normalize(text))
-        out.append(Example("", text, NAME, chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher.id))
-    return out
+            return "empty"
+        if normalize(text) == normalize(sentence):
+            return "copy_of_prompt"
+        if not (0.5 <= len(text.split()) / len(sentence.split()) <= 2.0):
+            return "degenerate"
+        if not fact_tokens(sentence) <= fact_tokens(text):
+            return "lost_a_fact"
+        if not fact_tokens(text) <= allowed:
+            return "invented_a_fact"
+        return None
+
+    pairs = [(sentence, text.split("\n")[0].strip()) for sentence, text in zip(asks, outputs)]
+    return [Example("", text, NAME, chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher.id)
+            for _, text in passing(pairs, reason, lambda pair: normalize(pair[1]), stats)]
