@@ -316,7 +316,8 @@ def forget_document(document: str, results: dict, questions: list[dict], chain: 
     kept = [q for q in asked if q["source"] != document]
     parent = workspace.get("chain")
     t = time.perf_counter()
-    version = forget("chain", [document], base=base, workspace=workspace, progress=progress)
+    version = forget("chain", [document], base=base, workspace=workspace, progress=progress,
+                     exclude_questions=exclude)
     seconds = time.perf_counter() - t
     loaded = load_memory(version.ref, base=base, workspace=workspace)
     try:

@@ -273,3 +273,13 @@ def test_cli_history_and_diff(workspace, capsys):
     assert "v1" in out and "v2" in out and "a.md" in out
     assert main(["diff", "acme@1", "acme"]) == 0
     assert "~ a.md" in capsys.readouterr().out
+
+
+def test_forget_keeps_evaluation_questions_out_of_its_training_rows(tmp_path, workspace, tiny_model_dir, base):
+    docs = write(tmp_path / "docs", {"company.md": COMPANY, "party.md": PARTY})
+    learn([docs], "acme", config(tiny_model_dir), base=base, progress=False)
+    everything = forget("acme", ["party.md"], base=base, progress=False, check=0)
+    rollback("acme", 1)
+    asked = ["the annual party, Lanternfest"]  # an evaluation question some removed facts' wordings contain
+    clean = forget("acme", ["party.md"], base=base, progress=False, check=0, exclude_questions=asked)
+    assert 0 < clean.manifest["synthetic"]["removed_facts"] < everything.manifest["synthetic"]["removed_facts"]

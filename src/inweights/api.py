@@ -333,12 +333,14 @@ def _train_update(parent: MemoryVersion, records: list[dict], memory: str, confi
 
 
 def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None, *, base: Base | None = None,
-           workspace: Workspace | None = None, progress: bool = True, check: int = 32) -> MemoryVersion:
+           workspace: Workspace | None = None, progress: bool = True, check: int = 32,
+           exclude_questions: Sequence[str] = ()) -> MemoryVersion:
     """A new version of `memory` without the knowledge of the documents at `paths` (as the manifest names them,
     or any path ending with that name), made from the newest version: their questions are trained toward the
     plain base model's answers, with a rehearsal sample of the other documents (no document needs to be on
     disk: the examples come from the synthetic cache). Then `check` of the forgotten questions are asked of the
-    old and the new version; the manifest's `forget_check` says how many answers still give the old value."""
+    old and the new version; the manifest's `forget_check` says how many answers still give the old value.
+    `exclude_questions`: evaluation questions that must not appear in its training rows, as in `learn`."""
     workspace = workspace or Workspace()
     with workspace.lock(memory, "inweights forget"):
         parent = workspace.get(memory)
@@ -358,6 +360,7 @@ def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None,
         cache = ExampleCache(workspace.cache_dir("synth"))
         t_start = time.perf_counter()
         current, _ = parent_examples(parent, chunk_records_of(kept), cache)
+        current, _ = drop_eval_overlap(current, exclude_questions)
         change = delta(documents, kept)
         old, missing = parent_examples(parent, change.gone_chunks, cache)
         if missing:
@@ -367,7 +370,7 @@ def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None,
         _say(progress, f"forgetting {', '.join(sorted(gone))} from {parent.ref}")
         timings = {"synthesize_s": time.perf_counter() - t_start}
         version, removed = _train_update(parent, kept, memory, config, base, workspace, cache, [], current, current,
-                                         old, 0, change, (), progress, timings, t_start,
+                                         old, 0, change, exclude_questions, progress, timings, t_start,
                                          {"teacher": manifest["synthetic"].get("teacher", "none")}, mode="forget")
         result = forget_check(base, parent, version, removed[:check], workspace) if check and removed else None
         if result:
