@@ -107,8 +107,10 @@ class TrainConfig:
     """LoRA rank."""
     alpha: float = 32.0
     """LoRA scaling numerator (the update is scaled by alpha / rank)."""
-    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-    """Linear layers that get a LoRA (or TinyLoRA) update."""
+    target_modules: tuple[str, ...] = ()
+    """Linear layers that get a LoRA (or TinyLoRA) update, as module-name suffixes (e.g. q_proj,v_proj); empty:
+    found by architecture, every linear layer inside the decoder layers (attention and MLP, not the embedding or
+    the output head) of whatever family the base is."""
     tinylora_u: int = 64
     """tinylora: trainable numbers per adapted layer."""
     prefix_tokens: int = 128
@@ -193,6 +195,11 @@ class LearnConfig:
 
     base: str = "gemma-3-270m"
     """Base model: the embedded default, a local Hugging Face directory, or a hub id."""
+    device: str = "auto"
+    """Where the base runs: auto (a CUDA GPU, else Apple's MPS, else the CPU), cpu, cuda, cuda:N or mps."""
+    dtype: str = "auto"
+    """The base's weights: auto (bfloat16 on a GPU that has it, float32 on the CPU), float32, bfloat16 or float16.
+    The memory's trainable parameters and their optimizer state stay float32 either way (see train.py)."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -201,7 +208,8 @@ class LearnConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LearnConfig":
-        return cls(base=data["base"], synth=_build(SynthConfig, data["synth"]),
+        return cls(base=data["base"], device=data.get("device", "auto"), dtype=data.get("dtype", "auto"),
+                   synth=_build(SynthConfig, data["synth"]),
                    train=_build(TrainConfig, data["train"]))
 
 
