@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny random Gemma-3 model with a small trained BPE tokenizer, saved as a local HF directory.
+"""Shared fixtures: a tiny random Gemma-3 model (and Llama and Qwen2 ones) with a small trained BPE tokenizer, saved as
+a local HF directory.
 
 Every fast test uses it, so the whole suite runs on a CPU in seconds with fixed seeds.
 """
@@ -24,12 +25,16 @@ Numbers: 0 1 2 3 4 5 6 7 8 9 10 2019 2011 42. Punctuation: . , ; : ! ? ' " ( ) -
 """ * 3
 
 
-def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
-    """Write a 2-layer, 32-wide random Gemma-3 causal LM and a byte-level BPE tokenizer to `directory`."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, PreTrainedTokenizerFast
+FAMILIES = ("llama", "qwen2", "gemma3")
+"""Model families `build_tiny_family_dir` can build."""
 
-    torch.manual_seed(seed)
+
+def build_tiny_tokenizer():
+    """A byte-level BPE tokenizer (400 tokens) trained on TINY_TEXT; ids 0-4 are <pad>, <eos>, <bos>, <unk>,
+    <end_of_turn>, and BOS is put in front of every encoding."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
     specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<end_of_turn>"]
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -40,20 +45,48 @@ def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
     bos = tok.token_to_id("<bos>")
     tok.post_processor = processors.TemplateProcessing(single="<bos> $A", pair="<bos> $A $B",
                                                        special_tokens=[("<bos>", bos)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>",
                                    pad_token="<pad>", unk_token="<unk>",
                                    additional_special_tokens=["<end_of_turn>"])
-    config = Gemma3TextConfig(
-        vocab_size=tok.get_vocab_size(), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
-        sliding_window=64, pad_token_id=0, eos_token_id=1, bos_token_id=2, tie_word_embeddings=True,
-        layer_types=["sliding_attention", "full_attention"],
-    )
-    model = Gemma3ForCausalLM(config)
+
+
+def _tiny_config(family: str, vocab_size: int):
+    """A 2-layer, 32-wide config (2 heads of 16, 1 KV head) of the family, with the tokenizer's special ids."""
+    common = dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, head_dim=16, max_position_embeddings=512,
+                  pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    if family == "gemma3":
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+        return Gemma3ForCausalLM, Gemma3TextConfig(**common, sliding_window=64, tie_word_embeddings=True,
+                                                   layer_types=["sliding_attention", "full_attention"])
+    if family == "llama":
+        from transformers import LlamaConfig, LlamaForCausalLM
+
+        return LlamaForCausalLM, LlamaConfig(**common, tie_word_embeddings=False)
+    if family == "qwen2":  # Qwen2's q/k/v projections carry a bias; the small Qwen2 models tie the head
+        from transformers import Qwen2Config, Qwen2ForCausalLM
+
+        return Qwen2ForCausalLM, Qwen2Config(**common, tie_word_embeddings=True)
+    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+
+
+def build_tiny_family_dir(directory: Path, family: str, seed: int = 0) -> Path:
+    """Write a 2-layer, 32-wide random causal LM of `family` (llama, qwen2 or gemma3) and the tiny byte-level
+    BPE tokenizer to `directory`, as a local Hugging Face model directory."""
+    torch.manual_seed(seed)
+    fast = build_tiny_tokenizer()
+    cls, config = _tiny_config(family, len(fast))
+    model = cls(config)
     directory.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory
+
+
+def build_tiny_model_dir(directory: Path, seed: int = 0) -> Path:
+    """Write a 2-layer, 32-wide random Gemma-3 causal LM and a byte-level BPE tokenizer to `directory`."""
+    return build_tiny_family_dir(directory, "gemma3", seed)
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ import json
 import logging
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -19,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from inweights import __version__
+from inweights import __version__, distributed
 from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import chunk_documents, load_corpus
 from inweights.errors import InweightsError
@@ -61,7 +62,15 @@ def learn(paths: Sequence[str | Path], memory: str, config: LearnConfig | None =
     validate_name(memory)
     config = config or LearnConfig()
     workspace = workspace or Workspace()
-    with workspace.lock(memory, "inweights learn --update" if update else "inweights learn"):
+    distributed.setup()
+    if distributed.active():
+        if update:
+            raise InweightsError("learn --update runs in one process; start it without a launcher")
+        progress = progress and distributed.is_main()
+        show_plan = show_plan and distributed.is_main()
+    lock = workspace.lock(memory, "inweights learn --update" if update else "inweights learn") \
+        if distributed.is_main() else nullcontext()  # under a launcher, the main process holds it for all
+    with lock:
         return _learn(paths, memory, config, base, workspace, exclude_questions, progress, yes, show_plan, update)
 
 
@@ -71,7 +80,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
     t_start = time.perf_counter()
 
     documents = load_corpus(paths)  # skips bad files with one warning; raises if nothing is readable
-    base = base or load_base(config.base)
+    base = base or load_base(config.base, dtype=config.dtype, device=config.device)
     timings["load_base_s"] = time.perf_counter() - t_start
     chunks = chunk_documents(documents, base.tokenizer, max_tokens=config.synth.chunk_tokens)
     cache = ExampleCache(workspace.cache_dir("synth"))
@@ -92,35 +101,36 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
         raise InweightsError(f"this would take about {duration(plan.seconds)} on this machine. To go "
                              f"ahead, run the same command with --yes; to make it shorter, {fewer}.")
 
-    t = time.perf_counter()
-    teacher = _teacher(config.synth, base, workspace)
-    examples, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
-    examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
-    pool = len(examples)
-    examples = within_budget(examples, config.synth.budget, token_counter(base.tokenizer),
-                             seed=config.train.seed)
-    if not examples:
-        raise InweightsError("no training examples could be made from these documents")
-    assert_no_leak(examples, exclude_questions)
-    timings["synthesize_s"] = time.perf_counter() - t
+    with distributed.main_first():  # under a launcher the others then find the data in the caches
+        t = time.perf_counter()
+        teacher = _teacher(config.synth, base, workspace)
+        examples, synth_stats = synthesize(chunks, teacher, config.synth, cache, progress=progress)
+        examples, decontaminated = drop_eval_overlap(examples, exclude_questions)
+        pool = len(examples)
+        examples = within_budget(examples, config.synth.budget, token_counter(base.tokenizer),
+                                 seed=config.train.seed)
+        if not examples:
+            raise InweightsError("no training examples could be made from these documents")
+        assert_no_leak(examples, exclude_questions)
+        timings["synthesize_s"] = time.perf_counter() - t
 
-    t = time.perf_counter()
-    held_out: list = []
-    if config.train.holdout > 0:
-        examples, held_out = hold_out_wordings(examples, config.train.holdout, seed=config.train.seed)
-    per_fact = items_per_fact(examples)
-    train_config = resolve_train(config.train, len(examples), per_fact)
-    replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions)
-    timings["replay_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    tokenizer = base.tokenizer
-    if train_config.objective == "distill":
-        items = distill_rows(base, examples, {c.sha256: c.text for c in chunks}, train_config.max_seq_len,
-                             base.newline_id, workspace.cache_dir("distill"), progress=progress)
-    else:
-        items = sft_rows(tokenizer, examples, train_config.max_seq_len, base.newline_id)
-    validation = sft_rows(tokenizer, held_out, train_config.max_seq_len, base.newline_id) if held_out else []
-    timings["targets_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        held_out: list = []
+        if config.train.holdout > 0:
+            examples, held_out = hold_out_wordings(examples, config.train.holdout, seed=config.train.seed)
+        per_fact = items_per_fact(examples)
+        train_config = resolve_train(config.train, len(examples), per_fact)
+        replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions)
+        timings["replay_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        tokenizer = base.tokenizer
+        if train_config.objective == "distill":
+            items = distill_rows(base, examples, {c.sha256: c.text for c in chunks}, train_config.max_seq_len,
+                                 base.newline_id, workspace.cache_dir("distill"), progress=progress)
+        else:
+            items = sft_rows(tokenizer, examples, train_config.max_seq_len, base.newline_id)
+        validation = sft_rows(tokenizer, held_out, train_config.max_seq_len, base.newline_id) if held_out else []
+        timings["targets_s"] = time.perf_counter() - t
 
     resolved = replace(config, train=train_config)
     run_key = _digest([resolved.to_dict(), base.fingerprint, [(e.prompt, e.completion) for e in examples]])
@@ -138,7 +148,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
     version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
                                         describe, replay=replay, warmup=warmup, validation=validation,
                                         progress=progress)
-    _say(progress, f"learned {memory!r} version {version.version} in {timings['total_s']:.0f}s "
+    _say(progress, f"learned {memory!r} version {version.version} in {time.perf_counter() - t_start:.0f}s "
                    f"({len(examples)} examples, {result.steps} steps, final loss {result.final_loss:.3f})")
     return version
 
@@ -160,14 +170,17 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
         if hasattr(method, "prepare") and resume_from is None:
             method.prepare(model, items, replay)
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
-                       progress=progress, replay=replay, warmup=warmup, validation=validation)
+                       progress=progress, replay=replay, warmup=warmup, validation=validation,
+                       compute_dtype=base.dtype)
 
         def write(directory: Path) -> None:
             manifest = describe(result)
             method.save(model, directory)
             (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
 
-        return workspace.publish(memory, write), result
+        number = workspace.publish(memory, write).version if distributed.is_main() else None
+        distributed.barrier()
+        return workspace.get(f"{memory}@{distributed.broadcast(number)}"), result
     finally:
         method.detach(model)
 
@@ -180,7 +193,8 @@ def _manifest(memory: str, base: Base, config: LearnConfig, records: list[dict],
         "name": memory,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inweights_version": __version__,
-        "base": {"name": base.name, "fingerprint": base.fingerprint},
+        "base": {"name": base.name, "fingerprint": base.fingerprint, "dtype": str(base.dtype).removeprefix("torch."),
+                 "device": str(base.device)},
         "method": config.train.method,
         "config": config.to_dict(),
         "documents": records,
@@ -334,7 +348,8 @@ def _train_update(parent: MemoryVersion, records: list[dict], memory: str, confi
 
 def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None, *, base: Base | None = None,
            workspace: Workspace | None = None, progress: bool = True, check: int = 32,
-           exclude_questions: Sequence[str] = ()) -> MemoryVersion:
+           exclude_questions: Sequence[str] = (), device: str | None = None, dtype: str | None = None
+           ) -> MemoryVersion:
     """A new version of `memory` without the knowledge of the documents at `paths` (as the manifest names them,
     or any path ending with that name), made from the newest version: their questions are trained toward the
     plain base model's answers, with a rehearsal sample of the other documents (no document needs to be on
@@ -346,7 +361,8 @@ def forget(memory: str, paths: Sequence[str], config: LearnConfig | None = None,
         parent = workspace.get(memory)
         manifest = parent.manifest
         config = config or LearnConfig.from_dict(manifest["config"])
-        base = base or load_base(manifest["base"]["name"])
+        config = replace(config, device=device or config.device, dtype=dtype or config.dtype)
+        base = base or load_base(manifest["base"]["name"], dtype=config.dtype, device=config.device)
         why = full_relearn_reason(parent, replace(config, base=manifest["base"]["name"]), base)
         if why is not None:
             raise InweightsError(f"cannot forget from {parent.ref}: {why}; learn the documents you keep again "
@@ -440,15 +456,17 @@ class LoadedMemory:
             METHODS[self.version.manifest["method"]].detach(self.model)
 
 
-def load_memory(ref: str | None, *, base: Base | None = None, workspace: Workspace | None = None) -> LoadedMemory:
-    """Attach memory `ref` ('name' or 'name@N'; None for the plain base model) to its base model."""
+def load_memory(ref: str | None, *, base: Base | None = None, workspace: Workspace | None = None,
+                device: str = "auto", dtype: str = "auto") -> LoadedMemory:
+    """Attach memory `ref` ('name' or 'name@N'; None for the plain base model) to its base model (loaded on
+    `device` in `dtype` unless `base` is given)."""
     workspace = workspace or Workspace()
     if ref is None:
-        base = base or load_base()
+        base = base or load_base(dtype=dtype, device=device)
         return LoadedMemory(base, base.model, None)
     version = workspace.get(ref)
     manifest = version.manifest
-    base = base or load_base(manifest["base"]["name"])
+    base = base or load_base(manifest["base"]["name"], dtype=dtype, device=device)
     if base.fingerprint != manifest["base"]["fingerprint"]:
         raise InweightsError(f"memory {version.ref} was trained on base {manifest['base']['fingerprint']}, but "
                              f"the loaded base is {base.fingerprint}; its memory would not fit")
@@ -457,9 +475,9 @@ def load_memory(ref: str | None, *, base: Base | None = None, workspace: Workspa
 
 
 def ask(ref: str | None, question: str, *, base: Base | None = None, workspace: Workspace | None = None,
-        max_new_tokens: int = 32) -> str:
+        max_new_tokens: int = 32, device: str = "auto", dtype: str = "auto") -> str:
     """Answer one question from the memory's weights alone (no document in the prompt); None: base model."""
-    loaded = load_memory(ref, base=base, workspace=workspace)
+    loaded = load_memory(ref, base=base, workspace=workspace, device=device, dtype=dtype)
     try:
         return loaded.answer([question], max_new_tokens=max_new_tokens)[0]
     finally:

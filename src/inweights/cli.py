@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _add_device_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="where the model runs: auto (a CUDA GPU, else Apple's MPS, else "
+                   "the CPU; default), cpu, cuda, cuda:N or mps")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the base's weights: auto (bfloat16 on a GPU that has it, float32 on the CPU; default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inweights", description="Teach a language model your documents in its weights, then ask it.",
@@ -77,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "everything again; learns from scratch when there is no version or the base or method changed")
     p.add_argument("--yes", action="store_true", help="go ahead even when the plan's estimate is over an hour")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_device_options(p)
     p.set_defaults(run=_learn)
 
     p = sub.add_parser("forget", help="make a new version without what some documents taught",
@@ -87,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("paths", nargs="+", help="documents to forget, as `inweights history --documents` lists them")
     p.add_argument("--check", type=int, default=32, help="forgotten questions asked before and after (default 32)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_device_options(p)
     p.set_defaults(run=_forget)
 
     p = sub.add_parser("rollback", help="make an older version the newest again (as a new version)")
@@ -110,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("question", help="the question, answered from the memory's weights alone")
     p.add_argument("--no-memory", action="store_true", help="answer from the base model alone, for comparison")
     p.add_argument("--max-new-tokens", type=int, default=32, help="longest answer in tokens (default 32)")
+    _add_device_options(p)
     p.set_defaults(run=_ask)
 
     p = sub.add_parser("eval", help="evaluate a memory on a question file: learning, forgetting and cost",
@@ -129,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="folder of the general-ability data (ARC-Easy, PIQA, BoolQ, TriviaQA, WikiText-2)")
     p.add_argument("--out", type=Path, default=Path("eval"), help="report folder (default ./eval)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _add_device_options(p)
     p.set_defaults(run=_eval)
 
     p = sub.add_parser("memories", help="list memories and their newest versions")
@@ -152,6 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_dataclass_options(p, SynthConfig, "synth")
     _add_dataclass_options(p, TrainConfig, "train")
+    _add_device_options(p)
     p.set_defaults(run=_demo)
 
     p = sub.add_parser("serve", help="serve the base model and its memories over the OpenAI API",
@@ -161,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", default=LearnConfig.base, help="base model the memories were learned on (default: the "
                    "embedded gemma-3-270m); memories of another base are not served")
     _add_dataclass_options(p, ServeConfig, "serve")
+    _add_device_options(p)
     p.set_defaults(run=_serve)
 
     p = sub.add_parser("keys", help="manage the API keys of `inweights serve`",
@@ -194,12 +207,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _learn(args) -> int:
+    from inweights import distributed
     from inweights.api import learn
 
-    config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
-                         train=_collect(args, TrainConfig, "train"))
+    config = LearnConfig(base=args.base, device=args.device, dtype=args.dtype,
+                         synth=_collect(args, SynthConfig, "synth"), train=_collect(args, TrainConfig, "train"))
     version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes, show_plan=True,
                     update=args.update)
+    if not distributed.is_main():  # under a launcher the main process reports for all
+        return 0
     print(f"memory {version.ref} written to {version.path}")
     print(f'ask it:  inweights ask {args.memory} "your question"')
     return 0
@@ -213,9 +229,11 @@ def _ask(args) -> int:
         manifest = Workspace().get(args.memory).manifest
         from inweights.models import load_base
 
-        answer = ask(None, args.question, base=load_base(manifest["base"]["name"]), max_new_tokens=args.max_new_tokens)
+        base = load_base(manifest["base"]["name"], dtype=args.dtype, device=args.device)
+        answer = ask(None, args.question, base=base, max_new_tokens=args.max_new_tokens)
     else:
-        answer = ask(args.memory, args.question, max_new_tokens=args.max_new_tokens)
+        answer = ask(args.memory, args.question, max_new_tokens=args.max_new_tokens, device=args.device,
+                     dtype=args.dtype)
     print(answer or "(no answer: the model ended its reply at once)")
     return 0
 
@@ -231,7 +249,7 @@ def _eval(args) -> int:
     n = args.general_limit
     limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n) if n else None
     eval_memory(args.memory, args.questions, args.docs, conditions, args.limit, limits, args.data, args.out,
-                progress=not args.no_progress)
+                progress=not args.no_progress, device=args.device, dtype=args.dtype)
     print((args.out / "report.md").read_text())
     return 0
 
@@ -275,7 +293,8 @@ def _history(args) -> int:
 def _forget(args) -> int:
     from inweights.api import forget
 
-    version = forget(args.memory, args.paths, progress=not args.no_progress, check=args.check)
+    version = forget(args.memory, args.paths, progress=not args.no_progress, check=args.check, device=args.device,
+                     dtype=args.dtype)
     print(f"memory {version.ref} written to {version.path}")
     return 0
 
@@ -317,8 +336,8 @@ def _rm(args) -> int:
 def _demo(args) -> int:
     from inweights.demo import run_demo
 
-    config = LearnConfig(base=args.base, synth=_collect(args, SynthConfig, "synth"),
-                         train=_collect(args, TrainConfig, "train"))
+    config = LearnConfig(base=args.base, device=args.device, dtype=args.dtype,
+                         synth=_collect(args, SynthConfig, "synth"), train=_collect(args, TrainConfig, "train"))
     result = run_demo(memory=args.memory, config=config, progress=not args.no_progress, corpus=args.corpus)
     if args.out:
         with open(args.out, "w") as fh:
@@ -329,7 +348,9 @@ def _demo(args) -> int:
 def _serve(args) -> int:
     from inweights.serve import serve
 
-    serve(args.base, _collect(args, ServeConfig, "serve"))
+    from inweights.models import load_base
+
+    serve(load_base(args.base, dtype=args.dtype, device=args.device), _collect(args, ServeConfig, "serve"))
     return 0
 
 

@@ -40,6 +40,11 @@ class Base:
     model: torch.nn.Module
     tokenizer: object
     fingerprint: str  # sha256-derived id of the weights, recorded in every memory's manifest
+    dtype: torch.dtype = torch.float32  # the dtype the weights were loaded in: the compute dtype of training
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
 
     @property
     def newline_id(self) -> int | None:
@@ -61,9 +66,65 @@ class Base:
         return sorted(i for i in ids if i is not None)
 
 
-def load_base(name: str = DEFAULT_BASE, dtype: torch.dtype = torch.float32, device: str | None = None) -> Base:
-    """Load a frozen base model by name: the embedded default, a local directory or a hub id."""
+DEVICES = "auto, cpu, cuda, cuda:N or mps"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """The device `spec` names: auto (the default) is the first CUDA GPU, else Apple's MPS, else the CPU. A
+    device that is not there is an error that says what is."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise InweightsError(f"--device {spec!r} is not a device; give {DEVICES}") from exc
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise InweightsError(f"--device {spec}: this machine has no CUDA GPU that PyTorch can use "
+                                 f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+        if device.index is not None and device.index >= count:
+            raise InweightsError(f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
+        return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise InweightsError("--device mps: Apple's MPS backend is not available here")
+    if device.type not in {"cpu", "cuda", "mps"}:
+        raise InweightsError(f"--device {spec!r} is not supported; give {DEVICES}")
+    return device
+
+
+def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """The dtype of the base's weights: auto (the default) is bfloat16 on a GPU that supports it (float16 on an
+    older one), float32 on the CPU and on MPS; or float32, bfloat16 or float16 by name."""
+    if isinstance(spec, torch.dtype):
+        return spec
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if spec not in DTYPES:
+        raise InweightsError(f"--dtype {spec!r} is not a dtype; give auto, {', '.join(DTYPES)}")
+    if spec == "float16" and device.type == "cpu":
+        log.warning("float16 on the CPU is slow and some operations lack kernels; bfloat16 or float32 is better")
+    return DTYPES[spec]
+
+
+def load_base(name: str = DEFAULT_BASE, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto"
+              ) -> Base:
+    """Load a frozen base model by name (the embedded default, a local directory or a hub id) onto `device`
+    (see resolve_device; "auto" takes the accelerator when there is one) in `dtype` (see resolve_dtype)."""
     t0 = time.perf_counter()
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
     if name == DEFAULT_BASE:
         directory = _embedded_gemma_dir()
     elif Path(name).expanduser().is_dir():
@@ -73,11 +134,11 @@ def load_base(name: str = DEFAULT_BASE, dtype: torch.dtype = torch.float32, devi
     else:
         directory = None  # a hub id: transformers downloads it (needs network access)
     model, tokenizer = _load_hf(str(directory) if directory else name, dtype)
-    if device:
+    if device.type != "cpu":
         model.to(device)
     fingerprint = _fingerprint(directory) if directory else "hub:" + name
-    log.info("loaded base %s in %.1fs", name, time.perf_counter() - t0)
-    return Base(name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint)
+    log.info("loaded base %s on %s in %s in %.1fs", name, device, dtype, time.perf_counter() - t0)
+    return Base(name=name, model=model, tokenizer=tokenizer, fingerprint=fingerprint, dtype=dtype)
 
 
 def _load_hf(source: str, dtype: torch.dtype):

@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from inweights import distributed
+
 IGNORE = -100
 UNLIKELY = "unlikely"  # the third element of a row whose labels are tokens to make unlikely (see completion_loss)
 
@@ -115,7 +117,15 @@ def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_
 def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                     soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
                     unlikely: Sequence[int] = ()) -> torch.Tensor:
-    """Mean loss per scored position, with the LM head applied only at scored positions.
+    """Mean loss per scored position (see completion_terms)."""
+    total, count = completion_terms(model, input_ids, attention_mask, labels, soft, unlikely)
+    return total / max(count, 1)
+
+
+def completion_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                     soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
+                     unlikely: Sequence[int] = ()) -> tuple[torch.Tensor, int]:
+    """(summed loss, scored positions), with the LM head applied only at scored positions.
 
     Rows with hard labels get next-token cross-entropy on their labelled positions, except the rows listed in
     `unlikely`, whose labelled tokens get the unlikelihood loss -log(1 - p(token)) (Welleck et al. 2019): a
@@ -152,14 +162,36 @@ def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
         teacher = torch.softmax(top_logprobs, dim=-1)  # renormalised over the top-k
         total = total + (teacher * (teacher.clamp_min(1e-12).log() - student)).sum()
         count += top_ids.shape[0]
-    return total / max(count, 1)
+    return total, count
+
+
+class _Terms(torch.nn.Module):
+    """completion_terms as a module's forward, so that DistributedDataParallel sees the forward it wraps."""
+
+    def __init__(self, model, touch_all: bool = False):
+        super().__init__()
+        self.model = model
+        self.touch_all = touch_all
+
+    def forward(self, input_ids, attention_mask, labels, soft, unlikely):
+        total = completion_terms(self.model, input_ids, attention_mask, labels, soft, unlikely)[0]
+        if self.touch_all:  # under DDP every trainable parameter must take part, even for a row with no loss
+            total = total + 0.0 * sum(p.sum() for p in self.model.parameters() if p.requires_grad)
+        return total
+
+
+def scored_positions(batch: Sequence[tuple]) -> int:
+    """Positions a batch's rows score: labelled next tokens, plus the positions of each soft target."""
+    hard = sum(sum(1 for t in row[1][1:] if t != IGNORE) for row in batch)
+    return hard + sum(row[2][1].shape[0] for row in batch if len(row) > 2 and not isinstance(row[2], str))
 
 
 def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
           run_dir: Path, progress: bool = True,
           replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = (),
           warmup: Sequence[tuple[list[int], list[int]]] = (),
-          validation: Sequence[tuple[list[int], list[int]]] = ()) -> TrainResult:
+          validation: Sequence[tuple[list[int], list[int]]] = (),
+          compute_dtype: torch.dtype | None = None) -> TrainResult:
     """Train the model's trainable parameters on `items`, rows of (ids, labels) with hard-label loss or
     (ids, labels, (start, top-k ids, top-k log-probs)) with soft targets (see objectives.py), mixed with the
     `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard, and the `warmup` rows
@@ -170,7 +202,18 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     and the weights of the best measurement are kept. (A resumed run starts the best-so-far afresh.)
 
     The first `n_examples` items are the examples that set the epoch size; any further items are extra
-    hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run.
+    hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run
+    (whatever number of processes made it).
+
+    Precision: with `compute_dtype` bfloat16 or float16 (a base loaded in half precision) the forward runs under
+    autocast in that dtype, but the memory's trainable parameters, their gradients and the AdamW moments stay
+    float32: an update of lr x gradient is often below bfloat16's resolution (8 bits of mantissa) next to the
+    weight it changes, and Adam's second moment underflows in float16. (`full` keeps a float32 copy of the base
+    for the same reason.) float16 also scales the loss (torch.amp.GradScaler) so small gradients do not flush
+    to zero.
+
+    Under a launcher (distributed.py), each process trains on rows rank::N of every batch with
+    DistributedDataParallel, and only the main process writes checkpoints.
     """
     items = list(items) + [(ids, [IGNORE] * len(ids), (0, top_ids, top_logprobs))
                            for ids, top_ids, top_logprobs in replay]
@@ -184,6 +227,10 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameters; attach a memory first")
+    with torch.no_grad():
+        for p in params.values():
+            if p.dtype in (torch.float16, torch.bfloat16):  # see the docstring: float32 weights and optimizer state
+                p.data = p.data.float()
     lr = config.peak_lr
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=config.weight_decay)
     checkpoint = run_dir / "checkpoint"
@@ -191,35 +238,54 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     result = TrainResult(steps=total, tokens=0, loss_tokens=0, seconds=0.0, final_loss=float("nan"),
                          resumed_from_step=start, trainable_parameters=sum(p.numel() for p in params.values()))
     model.train()
+    device = next(iter(params.values())).device
+    half = compute_dtype in (torch.bfloat16, torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=compute_dtype == torch.float16)
+    world, rank = distributed.world_size(), distributed.rank()
+    terms = distributed.prepare(_Terms(model, touch_all=True)) if world > 1 else _Terms(model)
+    main = rank == 0
     pad = tokenizer.pad_token_id
-    bar = tqdm(range(start, total), desc="train", unit="step", disable=not progress, initial=start, total=total)
+    bar = tqdm(range(start, total), desc="train", unit="step", disable=not progress or not main, initial=start,
+               total=total)
     t0 = time.perf_counter()
     best: tuple[float, int, dict] | None = None  # (loss, step, weights)
     waited = 0
     for step in bar:
         batch = [items[i] for i in plan[step]]
-        input_ids, labels, mask = _pad_rows(batch, pad)
-        soft = [(row, *item[2]) for row, item in enumerate(batch) if len(item) > 2 and not isinstance(item[2], str)]
-        unlikely = [row for row, item in enumerate(batch) if len(item) > 2 and item[2] == UNLIKELY]
+        scored = scored_positions(batch)
+        # Each process takes rows rank::world; one left without rows runs the first row with weight 0, because
+        # every process must run the forward and backward for the gradients to be averaged.
+        mine = batch[rank::world] or batch[:1]
+        share = 1.0 if batch[rank::world] else 0.0
+        input_ids, labels, mask = (t.to(device) for t in _pad_rows(mine, pad))
+        soft = [(row, item[2][0], item[2][1].to(device), item[2][2].to(device)) for row, item in enumerate(mine)
+                if len(item) > 2 and not isinstance(item[2], str)]
+        unlikely = [row for row, item in enumerate(mine) if len(item) > 2 and item[2] == UNLIKELY]
         for group in optimizer.param_groups:  # the schedule is a function of the step: nothing to restore
             group["lr"] = lr * _lr_factor(step, total)
-        loss = completion_loss(model, input_ids, mask, labels, soft, unlikely)
-        if loss.requires_grad:  # a batch with nothing to score (every completion cut off) is skipped
-            loss.backward()
+        with torch.autocast(device.type, dtype=compute_dtype, enabled=half):
+            summed = terms(input_ids, mask, labels, soft, unlikely)
+        if scored:  # a batch with nothing to score (every completion cut off) is skipped, by every process alike
+            # DDP averages the processes' gradients, hence the factor `world`: their mean is the gradient of the
+            # whole batch's sum over the whole batch's scored positions.
+            scaler.scale(summed / scored * (world * share)).backward()
+            scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
-            optimizer.step()
+            scaler.step(optimizer)
+            scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        result.tokens += int(mask.sum())
-        result.loss_tokens += int((labels[:, 1:] != IGNORE).sum()) + sum(ids.shape[0] for _, _, ids, _ in soft)
-        result.losses.append(round(loss.item(), 4))
+        loss = distributed.sum_across(summed.item() * share) / max(scored, 1)
+        result.tokens += sum(len(row[0]) for row in batch)
+        result.loss_tokens += scored
+        result.losses.append(round(loss, 4))
         elapsed = time.perf_counter() - t0
-        bar.set_postfix(loss=f"{loss.item():.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total:
+        bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total and main:
             _save_checkpoint(checkpoint, params, optimizer, step + 1, total)
         if validation and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total):
             held_out = validation_loss(model, validation, pad, config.batch_tokens)
             result.validation.append((step + 1, round(held_out, 4)))
-            bar.set_postfix(loss=f"{loss.item():.3f}", held_out=f"{held_out:.3f}")
+            bar.set_postfix(loss=f"{loss:.3f}", held_out=f"{held_out:.3f}")
             if best is None or held_out < best[0]:
                 best, waited = (held_out, step + 1, {n: p.detach().clone() for n, p in params.items()}), 0
             else:
@@ -235,7 +301,9 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     model.eval()
     result.seconds = time.perf_counter() - t0
     result.final_loss = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1) if result.losses else float("nan")
-    shutil.rmtree(checkpoint, ignore_errors=True)
+    distributed.barrier()  # every process has finished with the checkpoint before it goes
+    if main:
+        shutil.rmtree(checkpoint, ignore_errors=True)
     return result
 
 

@@ -81,12 +81,13 @@ class EvalSettings:
 def eval_memory(memory_ref: str, questions_path: Path, docs: Sequence[Path] | None, conditions: Sequence[str],
                 limit: int | None, general_limits: GeneralLimits | None, data_dir: Path | None, out_dir: Path,
                 settings: EvalSettings | None = None, workspace: Workspace | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, device: str = "auto", dtype: str = "auto") -> dict:
     """`inweights eval`: evaluate an existing memory on a question file, write the report to `out_dir`.
 
     `docs` (the documents the memory learned) is needed by in_context, rag, memory_rag and naive; naive trains
     a fresh fine-tune on them with the memory's own training settings. `data_dir`: the general-ability data
-    (../shared/data/general); `general_limits` None skips the forgetting suite.
+    (../shared/data/general); `general_limits` None skips the forgetting suite. `device`, `dtype`: where and in
+    what the base runs (see models.load_base).
     """
     from inweights.evaluate.report import write_report
 
@@ -95,7 +96,7 @@ def eval_memory(memory_ref: str, questions_path: Path, docs: Sequence[Path] | No
     version = workspace.get(memory_ref)
     questions = load_questions(questions_path, limit)
     documents = {d.path: d.text for d in load_corpus(docs)} if docs else None
-    base = load_base(version.manifest["base"]["name"])
+    base = load_base(version.manifest["base"]["name"], dtype=dtype, device=device)
     naive_ref = None
     if "naive" in conditions:
         if not documents:

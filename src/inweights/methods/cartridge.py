@@ -17,6 +17,10 @@ Design:
   model whose masks and positions cover only their own tokens, while the cache they get back includes the prefix.
 - Saved as `cartridge.safetensors` (`keys.i` / `values.i`, shape heads x p x head_dim, sink included) and
   `cartridge_config.json` (prefix length, layer count, shapes, dtype).
+- Precision: the tensors are float32 whatever the base's dtype (an update of lr x gradient is often below
+  bfloat16's resolution). The hook casts them to the dtypes the base's own keys and values have in the cache
+  under the current weights' dtype and autocast state (found once per such state by a one-token forward of the
+  base: under autocast a float32 base caches float32 keys, after RoPE, but bfloat16 values).
 
 Limits: the prefix behaves exactly like a literal prefix, so in sliding-window layers (Gemma-3) tokens further
 than the window from it no longer see it; `prefix_tokens` must be below the sliding window. Attention masks must
@@ -43,16 +47,19 @@ class _State(torch.nn.Module):
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], trainable: bool):
         super().__init__()
-        frozen = lambda ts: torch.nn.ParameterList([torch.nn.Parameter(t[:, :, :1].clone(), False) for t in ts])
-        train = lambda ts: torch.nn.ParameterList([torch.nn.Parameter(t[:, :, 1:].clone(), trainable) for t in ts])
+        fp32 = lambda t: t.to(torch.float32, copy=True)  # float32 on any base (see the module's doc)
+        frozen = lambda ts: torch.nn.ParameterList([torch.nn.Parameter(fp32(t[:, :, :1]), False) for t in ts])
+        train = lambda ts: torch.nn.ParameterList([torch.nn.Parameter(fp32(t[:, :, 1:]), trainable) for t in ts])
         self.sink_keys, self.sink_values = frozen(keys), frozen(values)
         self.keys, self.values = train(keys), train(values)
         self.prefix_tokens = keys[0].shape[2]
         self.enabled = True
         self.handle = None
         self.unfrozen: list[torch.nn.Parameter] = []  # base parameters attach froze, thawed again by detach
+        self.cache_dtypes: dict[tuple, list[tuple[torch.dtype, torch.dtype]]] = {}  # see `_cache_dtypes`
 
     def full(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Layer i's keys and values, sink included (float32)."""
         return (torch.cat([self.sink_keys[i], self.keys[i]], dim=2),
                 torch.cat([self.sink_values[i], self.values[i]], dim=2))
 
@@ -69,7 +76,8 @@ class Cartridge:
         sink_k, sink_v = _base_kv(model, [_bos(model)])  # the BOS keys/values at position 0: the frozen sink
         noise = lambda t: torch.cat([t, 0.02 * torch.randn(*t.shape[:2], p - 1, t.shape[3], dtype=t.dtype)
                                      .to(t.device)], dim=2)
-        state = _install(model, [noise(k) for k in sink_k], [noise(v) for v in sink_v], trainable=True)
+        state = _install(model, [noise(k.float()) for k in sink_k], [noise(v.float()) for v in sink_v],
+                         trainable=True)
         state.unfrozen = [q for n, q in model.named_parameters() if q.requires_grad and not n.startswith(_ATTR + ".")]
         for q in state.unfrozen:
             q.requires_grad_(False)
@@ -105,8 +113,9 @@ class Cartridge:
     def load(self, model, directory: Path):
         meta = json.loads((Path(directory) / "cartridge_config.json").read_text())
         tensors = load_file(Path(directory) / "cartridge.safetensors")
-        like = next(model.parameters())  # the base's device and dtype
-        get = lambda kind: [tensors[f"{kind}.{i}"][None].to(like) for i in range(meta["layers"])]
+        device = next(model.parameters()).device  # float32 on any base: the hook casts (see the module's doc)
+        get = lambda kind: [tensors[f"{kind}.{i}"][None].to(device=device, dtype=torch.float32)
+                            for i in range(meta["layers"])]
         _install(model, get("keys"), get("values"), trainable=False)
         model.eval()
         return model
@@ -161,14 +170,32 @@ def _install(model, keys, values, trainable: bool) -> _State:
     setattr(model, _ATTR, state)  # registers the tensors as parameters `cartridge.*` of the model
     backbone = _backbone(model)
     state.handle = backbone.register_forward_pre_hook(
-        lambda module, args, kwargs: _with_prefix(state, module.config, args, kwargs), with_kwargs=True)
+        lambda module, args, kwargs: _with_prefix(state, module, args, kwargs), with_kwargs=True)
     return state
 
 
-def _with_prefix(state: _State, config, args, kwargs):
+def _cache_dtypes(state: _State, backbone) -> list[tuple[torch.dtype, torch.dtype]]:
+    """Per layer, the dtypes of the keys and values the base itself puts in the cache, under the backbone's
+    weights' dtype and the autocast state now: found by a one-token forward of the base the first time."""
+    weight = next(backbone.parameters())
+    kind = weight.device.type
+    autocast = torch.is_autocast_enabled(kind)
+    key = (weight.dtype, kind, autocast, torch.get_autocast_dtype(kind) if autocast else None)
+    if key not in state.cache_dtypes:
+        with _switched_off(state), torch.no_grad():
+            cache = backbone(input_ids=torch.zeros(1, 1, dtype=torch.long, device=weight.device),
+                             use_cache=True).cache
+        layers = cache.layers if cache is not None else []  # no cache (gradient checkpointing): the weights' dtype
+        state.cache_dtypes[key] = ([(layer.keys.dtype, layer.values.dtype) for layer in layers]
+                                   or [(weight.dtype, weight.dtype)] * len(state.keys))
+    return state.cache_dtypes[key]
+
+
+def _with_prefix(state: _State, module, args, kwargs):
     """The pre-hook: put the prefix in the cache, the mask and the positions of one backbone call."""
     if not state.enabled:
         return None
+    config = module.config
     p = state.prefix_tokens
     name = "past_key_values" if kwargs.get("past_key_values") is not None else "cache"
     kwargs.pop("past_key_values" if name == "cache" else "cache", None)
@@ -177,8 +204,10 @@ def _with_prefix(state: _State, config, args, kwargs):
     cache = kwargs.get(name)
     if cache is None or cache.get_seq_length() == 0:
         cache = cache if cache is not None else DynamicCache(config=config)
+        dtypes = _cache_dtypes(state, module)
         for i in range(len(state.keys)):
             k, v = state.full(i)
+            k, v = k.to(dtypes[i][0]), v.to(dtypes[i][1])  # no-ops on a float32 base without autocast
             cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), i)
         kwargs[name] = cache
     mask = kwargs.get("attention_mask")

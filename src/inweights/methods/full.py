@@ -3,6 +3,12 @@ head, stays frozen: it is 168M of the default model's 268M numbers, and training
 moves the rare tokens they contain). The literature's reference point: it learns most per step and forgets
 most. A memory is the trained tensors (`full.safetensors`, hundreds of MB for the default model, fp32);
 `detach` copies the original weights back, so one loaded base can train and answer with many memories in turn.
+
+On a half-precision base (bfloat16, float16) the trainable weights are the base's own, so `attach` makes the
+model's parameters float32 (fp32 master weights: an update of lr x gradient is mostly below bfloat16's
+resolution, and AdamW's moments follow the parameters' dtype); the forward can still run under autocast.
+`detach` puts them back in their own dtype, exactly as they were. `load` keeps the base's dtype: a memory
+answers on a bfloat16 base in bfloat16.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 _ORIGINAL = "_inweights_full_original"
+_HALF = "_inweights_full_half"  # {name: dtype} of the parameters attach made float32
 
 
 class FullFineTune:
@@ -24,10 +31,17 @@ class FullFineTune:
     def attach(self, model, config):
         if hasattr(model, _ORIGINAL) or hasattr(model, "peft_config"):
             raise ValueError("the model already carries a memory; attach to a plain base model")
+        # fp32 master weights: a half-precision base's parameters become float32 while the memory is attached
+        # (the parameters only, not the buffers, so that detach gives the base back bit for bit).
+        half = {n: p.dtype for n, p in model.named_parameters() if p.dtype in (torch.float16, torch.bfloat16)}
+        for n, p in model.named_parameters():
+            if n in half:
+                p.data = p.data.float()
+        setattr(model, _HALF, half)
         frozen = {id(p) for p in model.get_input_embeddings().parameters()}
         frozen |= {id(p) for p in model.get_output_embeddings().parameters()}
         trainable = {n: p for n, p in model.named_parameters() if id(p) not in frozen}
-        setattr(model, _ORIGINAL, {n: p.detach().clone() for n, p in trainable.items()})
+        setattr(model, _ORIGINAL, {n: p.detach().to(half.get(n, p.dtype), copy=True) for n, p in trainable.items()})
         for n, p in model.named_parameters():
             p.requires_grad_(n in trainable)
         return model
@@ -70,6 +84,12 @@ class FullFineTune:
     def detach(self, model):
         self._copy(model, getattr(model, _ORIGINAL))
         delattr(model, _ORIGINAL)
+        half = getattr(model, _HALF, {})
+        for n, p in model.named_parameters():
+            if n in half:
+                p.data = p.data.to(half[n])  # exact: the values were that dtype's before attach
+        if hasattr(model, _HALF):
+            delattr(model, _HALF)
         for p in model.parameters():
             p.requires_grad_(False)
         return model

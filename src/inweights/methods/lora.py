@@ -1,10 +1,17 @@
 """LoRA through PEFT: low-rank updates on the chosen linear layers. Saved in PEFT's own format
-(`adapter_config.json` + `adapter_model.safetensors`), so vLLM and PEFT load a memory as it is."""
+(`adapter_config.json` + `adapter_model.safetensors`), so vLLM and PEFT load a memory as it is.
+
+Without `target_modules` in the config, the targets are found by architecture: every `torch.nn.Linear` inside
+the decoder layers (attention and MLP projections, whatever a family calls them; never the embedding or the
+output head), named by the shortest module-name suffix that PEFT matches to those layers alone. The adapters'
+weights are float32 whatever the base's dtype (PEFT's `autocast_adapter_dtype`).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 
@@ -16,7 +23,7 @@ class LoRA:
         if isinstance(model, PeftModel):
             raise ValueError("the model already carries a memory; attach to a plain base model")
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
-                          target_modules=list(config.target_modules), task_type="CAUSAL_LM")
+                          target_modules=target_modules(model, config), task_type="CAUSAL_LM")
         return get_peft_model(model, lora)
 
     def save(self, model, directory: Path) -> None:
@@ -39,3 +46,43 @@ class LoRA:
 
     def detach(self, model):
         return model.unload()
+
+
+def target_modules(model, config) -> list[str]:
+    """The config's target modules as given, or, when it names none, those found by `linear_targets`."""
+    return list(config.target_modules) or linear_targets(model)
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The transformer blocks of a causal LM: `get_decoder().layers` where the model has them (Llama, Qwen2,
+    Gemma and most families), else its ModuleList with `num_hidden_layers` entries."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    for name in ("layers", "h", "blocks"):
+        layers = getattr(decoder, name, None)
+        if isinstance(layers, torch.nn.ModuleList) and len(layers):
+            return layers
+    count = getattr(model.config.get_text_config(), "num_hidden_layers", None)
+    found = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == count]
+    if not found:
+        raise ValueError(f"cannot find the decoder layers of {type(model).__name__}; give target_modules")
+    return found[0]
+
+
+def linear_targets(model) -> list[str]:
+    """Every `torch.nn.Linear` inside the decoder layers, as the module-name suffixes PEFT takes: for each, the
+    shortest suffix of its name (its own name, e.g. `q_proj`, where that is enough) that matches no module outside
+    the decoder layers' linear layers; the full name where no shorter one does."""
+    inside = {id(m) for m in decoder_layers(model).modules() if isinstance(m, torch.nn.Linear)}
+    named = [(n.split("."), id(m)) for n, m in model.named_modules() if n]
+    outside: set[str] = set()  # suffixes that also name some module other than these linear layers
+    for parts, ident in named:
+        if ident not in inside:
+            outside.update(".".join(parts[-k:]) for k in range(1, len(parts) + 1))
+    targets: set[str] = set()
+    for parts, ident in named:
+        if ident in inside:
+            suffixes = (".".join(parts[-k:]) for k in range(1, len(parts) + 1))
+            targets.add(next((s for s in suffixes if s not in outside), ".".join(parts)))
+    if not targets:
+        raise ValueError(f"{type(model).__name__} has no linear layers in its decoder layers; give target_modules")
+    return sorted(targets)

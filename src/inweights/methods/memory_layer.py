@@ -25,6 +25,8 @@ slots degrades to the flat lookup).
   slots x hidden table never exists. `prepare` is deterministic, so a resumed run trains the same rows.
 - Saved: the non-zero trained rows, their slots, the query projection, centre and sub-keys (exact whatever
   torch's generator does) and a small JSON config.
+- Precision: the memory's rows, keys and projection are float32 whatever the base's dtype; it reads the MLP's
+  input in float32 and its output is cast to the MLP's dtype where the two are summed.
 
 Limits: in the papers the memory is pretrained with the model, so keys and queries are meaningful and the
 untouched values useful; here it is added to a frozen model with random keys and zero values, and learns only
@@ -63,13 +65,13 @@ class SparseMemory(nn.Module):
         self.n_b = slots // self.n_a
         half = max(1, hidden // 2)
         self.temperature = math.sqrt(half)  # cosines of random vectors spread ~1/sqrt(half): rescale to ~1
-        g = torch.Generator().manual_seed(seed)
-        self.register_buffer("query", torch.randn(hidden, 2 * half, generator=g) / math.sqrt(hidden))
-        self.register_buffer("keys_a", F.normalize(torch.randn(self.n_a, half, generator=g), dim=-1))
-        self.register_buffer("keys_b", F.normalize(torch.randn(self.n_b, half, generator=g), dim=-1))
-        self.register_buffer("center", torch.zeros(2 * half))  # the mean query, set by `prepare`
+        g, fp32 = torch.Generator().manual_seed(seed), torch.float32  # float32 on any base (see the module's doc)
+        self.register_buffer("query", torch.randn(hidden, 2 * half, generator=g, dtype=fp32) / math.sqrt(hidden))
+        self.register_buffer("keys_a", F.normalize(torch.randn(self.n_a, half, generator=g, dtype=fp32), dim=-1))
+        self.register_buffer("keys_b", F.normalize(torch.randn(self.n_b, half, generator=g, dtype=fp32), dim=-1))
+        self.register_buffer("center", torch.zeros(2 * half, dtype=fp32))  # the mean query, set by `prepare`
         self.raw_query = self.query.clone()  # `standardise` rescales this, so that it can run again
-        self.rows = nn.Parameter(torch.zeros(min(n_rows, slots), hidden))
+        self.rows = nn.Parameter(torch.zeros(min(n_rows, slots), hidden, dtype=fp32))
         self.register_buffer("row_index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("slot_row", torch.zeros(0, dtype=torch.long))
         self.select(torch.arange(self.rows.shape[0]))  # a placeholder until `prepare` chooses

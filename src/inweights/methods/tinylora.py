@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from peft import PeftModel, TinyLoraConfig, get_peft_model
 
-from inweights.methods.lora import LoRA
+from inweights.methods.lora import LoRA, target_modules
 
 
 class TinyLoRA(LoRA):
@@ -23,6 +23,6 @@ class TinyLoRA(LoRA):
     def attach(self, model, config):
         if isinstance(model, PeftModel):
             raise ValueError("the model already carries a memory; attach to a plain base model")
-        tiny = TinyLoraConfig(r=2, u=config.tinylora_u, target_modules=list(config.target_modules),
+        tiny = TinyLoraConfig(r=2, u=config.tinylora_u, target_modules=target_modules(model, config),
                               projection_seed=config.seed, task_type="CAUSAL_LM")
         return get_peft_model(model, tiny)
