@@ -68,7 +68,7 @@ def test_manifest_records_everything_that_made_the_memory(docs, workspace, tiny_
     m = version.manifest
     assert m["name"] == "acme" and m["method"] == "lora"
     assert m["base"] == {"name": str(tiny_model_dir), "fingerprint": base.fingerprint, "dtype": "float32",
-                         "device": "cpu"}
+                         "device": "cpu", "prompt_format": "plain"}
     assert {d["path"] for d in m["documents"]} == {"handbook.md", "notes.txt"}
     assert all(len(d["sha256"]) == 64 and d["chunks"] >= 1 for d in m["documents"])
     assert m["config"]["train"]["epochs"] == 2 and m["config"]["synth"]["questions_per_fact"] == 1

@@ -29,7 +29,7 @@ from inweights.guard import replay_targets, replay_texts
 from inweights.methods import METHODS
 from inweights.models import Base, load_base
 from inweights.store import MANIFEST, MemoryVersion, Workspace, validate_name, write_atomic
-from inweights.prompt import qa_prompt
+from inweights.prompt import has_chat_template, qa_prompt, render
 from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
                               items_per_fact, synthesize, token_counter, within_budget)
 from inweights.synth.teacher import make_teacher
@@ -194,7 +194,8 @@ def _manifest(memory: str, base: Base, config: LearnConfig, records: list[dict],
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inweights_version": __version__,
         "base": {"name": base.name, "fingerprint": base.fingerprint, "dtype": str(base.dtype).removeprefix("torch."),
-                 "device": str(base.device)},
+                 "device": str(base.device),
+                 "prompt_format": "chat" if has_chat_template(base.tokenizer) else "plain"},
         "method": config.train.method,
         "config": config.to_dict(),
         "documents": records,
@@ -440,7 +441,7 @@ class LoadedMemory:
     version: MemoryVersion | None
 
     def answer(self, questions: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8) -> list[str]:
-        prompts = [qa_prompt(q) for q in questions]
+        prompts = [render(self.base.tokenizer, qa_prompt(q)) for q in questions]
         return generate(self.model, self.base.tokenizer, prompts, max_new_tokens=max_new_tokens,
                         stop_token_ids=self.base.stop_token_ids, batch_size=batch_size)
 

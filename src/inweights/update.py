@@ -28,6 +28,7 @@ from typing import Sequence
 from inweights.corpus import Chunk
 from inweights.store import MemoryVersion
 from inweights.synth import STRATEGIES, Example, ExampleCache
+from inweights.prompt import answer_format
 from inweights.train import IGNORE, UNLIKELY, tokenize_example
 
 
@@ -153,13 +154,15 @@ def unlikely_rows(tokenizer, changed: Sequence[tuple[Example, Example]], max_len
     answer that is a prefix of the new one gives no row."""
     rows = []
     for old, new in changed:
-        ids, labels = tokenize_example(tokenizer, old.prompt, old.completion, max_len, end_id)
-        new_ids, _ = tokenize_example(tokenizer, new.prompt, new.completion, max_len, end_id)
+        prompt, completion, end = answer_format(tokenizer, old.prompt, old.completion, end_id)
+        ids, labels = tokenize_example(tokenizer, prompt, completion, max_len, end)
+        new_ids, _ = tokenize_example(tokenizer, *answer_format(tokenizer, new.prompt, new.completion, end_id)[:2],
+                                      max_len, end)
         start = next((i for i, label in enumerate(labels) if label != IGNORE), None)
         if start is None:
             continue
         split = next((i for i in range(start, len(ids)) if i >= len(new_ids) or ids[i] != new_ids[i]), None)
-        if split is None or labels[split] == IGNORE or (end_id is not None and ids[split] == end_id):
+        if split is None or labels[split] == IGNORE or (end is not None and ids[split] == end):
             continue
         rows.append((ids, [IGNORE] * split + [ids[split]] + [IGNORE] * (len(ids) - split - 1), UNLIKELY))
     return rows

@@ -17,6 +17,7 @@ from inweights.evaluate.metrics import choose, contains, exact_match, f1, option
 from inweights.evaluate.questions import MultipleChoice, Question, ShortAnswer
 from inweights.generate import generate
 from inweights.prompt import qa_prompt as prompt_for
+from inweights.prompt import render
 
 MAX_NEW_TOKENS = 24
 _MARGIN_TOKENS = 8  # re-tokenizing a cut text can merge or split a token or two at the cut
@@ -40,7 +41,7 @@ def fit_context(tokenizer, context: str, question: Question, window: int, max_ne
     else:
         answer_room = max_new_tokens
     ids = tokenizer(context.strip(), add_special_tokens=False)["input_ids"]
-    fixed = len(tokenizer(prompt_for(question.question, "x"))["input_ids"])  # the template, BOS and question
+    fixed = len(tokenizer(render(tokenizer, prompt_for(question.question, "x")))["input_ids"])  # template, BOS, question
     budget = window - fixed - answer_room - _MARGIN_TOKENS
     if len(ids) <= budget:
         return context, 0
@@ -53,7 +54,7 @@ def answer_short(model, tokenizer, stop_ids: Sequence[int], questions: Sequence[
                  contexts: Sequence[str | None], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 8
                  ) -> list[str]:
     """Greedy answers, first line only."""
-    prompts = [prompt_for(q.question, c) for q, c in zip(questions, contexts)]
+    prompts = [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
     answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_token_ids=stop_ids,
                        batch_size=batch_size)
     return [a.split("\n", 1)[0].strip() for a in answers]
@@ -62,7 +63,7 @@ def answer_short(model, tokenizer, stop_ids: Sequence[int], questions: Sequence[
 def answer_mc(model, tokenizer, questions: Sequence[MultipleChoice], contexts: Sequence[str | None],
               batch_size: int = 8) -> list[int]:
     """Index of the chosen option per question: highest total log-likelihood after the prompt."""
-    prompts = [prompt_for(q.question, c) for q, c in zip(questions, contexts)]
+    prompts = [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
     logliks = option_logliks(model, tokenizer, prompts, [q.options for q in questions], batch_size=batch_size)
     return [choose(scores) for scores in logliks]
 

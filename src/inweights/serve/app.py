@@ -36,7 +36,7 @@ from inweights.serve.batcher import Batcher, Generation, QueueFull
 from inweights.serve.config import ServeConfig, is_loopback
 from inweights.serve.tenants import OPEN, KeyStore, Tenant, default_keys_file
 from inweights.store import MemoryVersion, Workspace
-from inweights.prompt import qa_prompt
+from inweights.prompt import chat_text, has_chat_template, qa_prompt
 
 log = logging.getLogger(__name__)
 
@@ -214,17 +214,19 @@ def create_app(server: Server) -> FastAPI:
         tenant = server.authenticate(request)
         body = await _read_json(request, config.max_body_kb * 1024)
         version = server.resolve(body.get("model"), tenant)
-        prompt = render_chat(body.get("messages"))
+        prompt = render_chat(body.get("messages"), server.base.tokenizer)
         _reject_unsupported(body, ("logprobs", "tools", "functions", "response_format"))
         return await _generate(server, request, tenant, body, version, prompt, server.answer_end_ids, _ChatFormat())
 
     return app
 
 
-def render_chat(messages) -> str:
-    """Messages as one plain prompt: base models need no chat template, and memories are trained on
-    `inweights.prompt.QA_TEMPLATE`. System messages and earlier turns come first as plain lines, then the last
-    user message as "Question: ...\\nAnswer:". The answer ends at the end of its line."""
+def render_chat(messages, tokenizer=None) -> str:
+    """Messages as one prompt. A base with a chat template (an instruct model) gets them in its template, the
+    format its memories were trained in (`inweights.prompt.render`), the last user message as "Question: ...".
+    A base without one gets one plain prompt, as its memories are trained on `inweights.prompt.QA_TEMPLATE`:
+    system messages and earlier turns first as plain lines, then the last user message as
+    "Question: ...\\nAnswer:". The answer ends at the end of its line, or of the assistant's turn."""
     if not isinstance(messages, list) or not messages:
         raise ApiError(400, "'messages' must be a non-empty list of {role, content}", "messages")
     texts = []
@@ -239,6 +241,10 @@ def render_chat(messages) -> str:
         texts.append(content.strip())
     if messages[-1]["role"] != "user":
         raise ApiError(400, "the last message must be the user's question", "messages")
+    if tokenizer is not None and has_chat_template(tokenizer):
+        turns = [{"role": "system" if m["role"] == "developer" else m["role"], "content": t}
+                 for m, t in zip(messages[:-1], texts[:-1])]
+        return chat_text(tokenizer, turns + [{"role": "user", "content": f"Question: {texts[-1]}"}])
     earlier = "\n".join(t for t in texts[:-1] if t)
     question = qa_prompt(texts[-1])
     return f"{earlier}\n{question}" if earlier else question
