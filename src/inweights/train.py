@@ -114,6 +114,21 @@ def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_
     return plan
 
 
+def lm_parts(model):
+    """(the backbone, which gives the last hidden states, and `logits_at(hidden)`, the output head in float32 with
+    the model's final logit soft-capping): logits computed only where they are needed, for training and scoring."""
+    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
+    head = causal_lm.get_output_embeddings()
+    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
+
+    def logits_at(h):
+        logits = head(h).float()
+        return torch.tanh(logits / softcap) * softcap if softcap else logits
+
+    return backbone, logits_at
+
+
 def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                     soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
                     unlikely: Sequence[int] = ()) -> torch.Tensor:
@@ -133,15 +148,7 @@ def completion_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     (row, top-k ids, top-k log-probs) gives a row the KL divergence from a teacher distribution over its top-k
     tokens at every position (the forgetting guard; context distillation uses the same form).
     """
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    backbone = getattr(causal_lm, causal_lm.base_model_prefix)
-    head = causal_lm.get_output_embeddings()
-    softcap = getattr(causal_lm.config, "final_logit_softcapping", None)
-
-    def logits_at(h):
-        logits = head(h).float()
-        return torch.tanh(logits / softcap) * softcap if softcap else logits
-
+    backbone, logits_at = lm_parts(model)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != IGNORE
@@ -319,7 +326,8 @@ def validation_loss(model, rows: Sequence[tuple[list[int], list[int]]], pad: int
         end = start + 1
         while end < len(order) and len(rows[order[end]][0]) * (end - start + 1) <= batch_tokens:
             end += 1
-        input_ids, labels, mask = _pad_rows([rows[i] for i in order[start:end]], pad)
+        device = next(model.parameters()).device
+        input_ids, labels, mask = (t.to(device) for t in _pad_rows([rows[i] for i in order[start:end]], pad))
         scored = int((labels[:, 1:] != IGNORE).sum())
         total += completion_loss(model, input_ids, mask, labels).item() * scored
         count += scored

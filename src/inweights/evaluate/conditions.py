@@ -115,6 +115,7 @@ def _time_one(model, tokenizer, prompt: str, decode_tokens: int, device) -> tupl
     ids = torch.tensor([tokenizer(prompt)["input_ids"]], device=device)
     out = model(input_ids=ids, use_cache=True, logits_to_keep=1)
     next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+    _synchronize(device)
     ttft = time.perf_counter() - t0
     cache = out.cache
     t1 = time.perf_counter()
@@ -122,7 +123,14 @@ def _time_one(model, tokenizer, prompt: str, decode_tokens: int, device) -> tupl
         out = model(input_ids=next_id, cache=cache, use_cache=True)
         cache = out.cache
         next_id = out.logits[:, -1].argmax(-1, keepdim=True)
+    _synchronize(device)
     return ttft, decode_tokens / max(time.perf_counter() - t1, 1e-9)
+
+
+def _synchronize(device) -> None:
+    """Wait for a GPU's queued work, so that a timing covers it (a CUDA call returns before it is done)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def kv_bytes_per_token(model) -> int:

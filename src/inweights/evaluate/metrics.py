@@ -16,7 +16,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from inweights.train import lm_parts
+
 Gold = str | Sequence[str]
+HEAD_ROWS = 128
+"""Positions whose vocabulary-wide logits are computed at once when scoring every position (perplexity)."""
 
 _PUNCTUATION = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -169,18 +173,18 @@ def _prefix_cache(model, prefix: list[int], device):
 
 def _score_batch(model, batch, pad: int, device, cache=None, offset: int = 0) -> list[float]:
     """Sum of option-token log-probs for each (.., ids, context length) row of one right-padded batch; with a
-    prefix `cache` of `offset` tokens, the rows are continuations of that prefix (a copy of it, per batch)."""
+    prefix `cache` of `offset` tokens, the rows are continuations of that prefix (a copy of it, per batch).
+    The vocabulary-wide logits are computed only at the positions that predict an option token."""
     lengths = torch.tensor([len(ids) for _, _, ids, _ in batch])
     context_lengths = torch.tensor([n_ctx for _, _, _, n_ctx in batch])
     width = int(lengths.max())
-    # Position p predicts token p + 1; option tokens sit at [context length, length), so only positions
-    # [min context length - 1, max length - 1) are needed.
-    lo, hi = int(context_lengths.min()) - 1, width - 1
-    if hi <= lo:
+    # Position p predicts token p + 1; option tokens sit at [context length, length).
+    positions = torch.arange(width - 1)
+    scored = (positions[None, :] >= context_lengths[:, None] - 1) & (positions[None, :] < lengths[:, None] - 1)
+    if not scored.any():
         return [0.0] * len(batch)
     input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for _, _, ids, _ in batch])
     mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    keep = torch.arange(lo, hi)
     extra = {}
     if cache is not None:
         past = copy.deepcopy(cache)
@@ -188,19 +192,14 @@ def _score_batch(model, batch, pad: int, device, cache=None, offset: int = 0) ->
         mask = torch.cat([torch.ones(len(batch), offset, dtype=mask.dtype), mask], dim=1)
         extra = {"cache": past, "use_cache": True,
                  "position_ids": (offset + torch.arange(width)).expand(len(batch), -1).to(device)}
-    out = model(input_ids=input_ids.to(device), attention_mask=mask.to(device), logits_to_keep=keep.to(device),
-                **extra)
-    logits = out.logits
-    if logits.shape[1] != hi - lo:  # a model that ignores logits_to_keep returns every position
-        logits = logits[:, lo:hi]
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    del out, logits  # free the full-vocab logits before the next batch
-    targets = input_ids[:, lo + 1 : hi + 1].to(logprobs.device)
-    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
-    target_pos = keep + 1
-    scored = (target_pos[None, :] >= context_lengths[:, None]) & (target_pos[None, :] < lengths[:, None])
-    # where(), not multiply: padded rows can hold NaN logits on some attention backends, and NaN * 0 is NaN.
-    return torch.where(scored, token_logprobs, torch.zeros(())).sum(-1).tolist()
+    backbone, logits_at = lm_parts(model)
+    hidden = backbone(input_ids=input_ids.to(device), attention_mask=mask.to(device), **extra).last_hidden_state
+    # Only real positions are read: padded rows can hold NaN states on some attention backends.
+    logprobs = torch.log_softmax(logits_at(hidden[:, :-1][scored.to(hidden.device)]), dim=-1)
+    targets = input_ids[:, 1:][scored].to(logprobs.device)
+    token_logprobs = logprobs.gather(-1, targets[:, None]).squeeze(-1).cpu()
+    rows = torch.arange(len(batch))[:, None].expand_as(scored)[scored]
+    return torch.zeros(len(batch), dtype=token_logprobs.dtype).index_add_(0, rows, token_logprobs).tolist()
 
 
 def choose(logliks: Sequence[tuple[float, int]], normalize: bool = False) -> int:
@@ -232,14 +231,18 @@ def sum_nll(model, tokenizer, text: str, max_tokens: int, window: int) -> tuple[
     ids = _leading_token_ids(tokenizer, text, max_tokens)
     step = window - 1 if bos is not None else window
     device = next(model.parameters()).device
+    backbone, logits_at = lm_parts(model)
     nll, count = 0.0, 0
     for start in range(0, len(ids), step):
         chunk = ([bos] if bos is not None else []) + ids[start : start + step]
         if len(chunk) < 2:
             continue
         input_ids = torch.tensor([chunk], device=device)
-        logits = model(input_ids=input_ids).logits[0, :-1].float()
-        nll += float(F.cross_entropy(logits, input_ids[0, 1:], reduction="sum"))
+        hidden = backbone(input_ids=input_ids).last_hidden_state[0, :-1]
+        targets = input_ids[0, 1:]
+        for start_at in range(0, len(targets), HEAD_ROWS):  # the vocabulary-wide logits, a slice at a time
+            nll += float(F.cross_entropy(logits_at(hidden[start_at : start_at + HEAD_ROWS]),
+                                         targets[start_at : start_at + HEAD_ROWS], reduction="sum"))
         count += len(chunk) - 1
     if count == 0:
         raise ValueError("text is too short to score: it needs at least one token after the first")
