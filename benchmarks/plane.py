@@ -18,6 +18,8 @@ Run as:
     python benchmarks/plane.py --points lora-sft-guard-cloze-all-lr0.0001    # a learning rate of its own
     python benchmarks/plane.py --points full-sft-guard-cloze-all-rf0.5-rs256  # the guard: replay fraction, samples
     python benchmarks/plane.py --points full-sft-guard-cloze-all-fs10        # 10 answer spans per sentence, not 2
+    python benchmarks/plane.py --out benchmarks/results/teacher_quality --teacher http://127.0.0.1:8765/v1 \
+        --teacher-model base --points lora-sft-guard-facts+entigraph-all   # strategies joined by '+', a teacher
     python benchmarks/plane.py --skip-passages 8 --out benchmarks/results/plane_check --points ...  # passages 9-16
     python benchmarks/plane.py --base DIR --passages 1 --general-limit 2 --budgets 200 --reference-budget 200 --low-budget 100 --out /tmp/plane  # smoke
 """
@@ -30,7 +32,7 @@ import platform
 import re
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -91,7 +93,7 @@ class Point:
         fields = self._fields("synth")
         if "views" in fields:
             fields["views"] = bool(fields["views"])
-        return SynthConfig(strategies=(self.strategy,), budget=self.budget, **fields)
+        return SynthConfig(strategies=tuple(self.strategy.split("+")), budget=self.budget, **fields)
 
     def train_config(self):
         """The TrainConfig of this point (guard off: no replay)."""
@@ -133,6 +135,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "plane")
     parser.add_argument("--report-only", action="store_true", help="rewrite plane.md and the plots from plane.json")
+    parser.add_argument("--teacher", default=None, help="OpenAI-compatible URL of the teacher of the strategies that "
+                        "need one (default: the base model in-process)")
+    parser.add_argument("--teacher-model", default=None, help="the model name the teacher serves")
+    parser.add_argument("--teacher-concurrency", type=int, default=16)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
     if args.report_only:
@@ -202,8 +208,11 @@ def main(argv: list[str] | None = None) -> dict:
             if point.name in results["points"]:
                 continue
             print(f"--- {point.name}", flush=True)
-            config = LearnConfig(base=args.base or DEFAULT_BASE,
-                                 synth=point.synth_config(),
+            synth = point.synth_config()
+            if args.teacher:
+                synth = replace(synth, teacher=args.teacher, teacher_model=args.teacher_model,
+                                teacher_concurrency=args.teacher_concurrency)
+            config = LearnConfig(base=args.base or DEFAULT_BASE, synth=synth,
                                  train=point.train_config())
             t = time.perf_counter()
             version = learn_point(folder, point, config, base, workspace, exclude, progress)
@@ -230,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
                 "general_mean_points": mean_change_points(deltas),
                 "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
                 "synthetic_examples": m["synthetic"]["examples"], "synthetic_pool": m["synthetic"].get("pool"),
-                "synthetic_tokens": m["synthetic"]["tokens"], "trained_tokens": m["training"]["tokens"],
+                "synthetic_tokens": m["synthetic"]["tokens"], "by_strategy": m["synthetic"].get("by_strategy"),
+                "teacher": m["synthetic"].get("teacher"), "teacher_usage": m["synthetic"].get("teacher_usage"), "trained_tokens": m["training"]["tokens"],
                 "epochs": m["config"]["train"]["epochs"], "lr": m["config"]["train"]["lr"],
                 "train_s": m["training"]["seconds"], "learn_s": learn_s, "eval_s": eval_s,
                 "final_loss": m["training"].get("final_loss"), "loss_curve": m["training"].get("loss_curve"),
