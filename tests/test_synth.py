@@ -214,6 +214,15 @@ def test_entigraph_relates_entity_pairs_and_drops_invented_facts():
     assert examples[0].strategy == "entigraph" and examples[0].prompt == ""
 
 
+def test_entigraph_reads_a_reply_that_starts_on_a_new_line_to_its_first_paragraph():
+    from inweights.synth import entigraph
+
+    text = "Ingrid Vassbotn founded the Bergen office, which opened in April 2016 as its first site."
+    teacher = ScriptedTeacher(lambda prompt, prefix: f"\n{text}\n\nQuestion: something else entirely")
+    examples = entigraph.make(chunk(), teacher, SynthConfig(entity_pairs=1, entity_triples=0), Counter())
+    assert [e.completion for e in examples] == [text]
+
+
 def test_implications_keep_grounded_items_and_rewrite_sentences():
     from inweights.synth import implications
 

@@ -16,7 +16,7 @@ from inweights.synth import Example
 from inweights.synth.grounded import keep
 
 NAME = "entigraph"
-VERSION = 1
+VERSION = 2  # 2: replies are read to their first paragraph, not cut at their first newline
 NEEDS_TEACHER = True
 SETTINGS = ("entity_pairs", "entity_triples")
 TOKENS_PER_WORD = 3.0
@@ -62,9 +62,17 @@ def make(chunk, teacher, config, stats: Counter) -> list[Example]:
     groups += [t for t in combinations(names, 3) if any(len(set(t) & s) >= 2 for s in per_sentence)][
         : config.entity_triples]
     prompts = [_PROMPT.format(passage=chunk.text, entities=_listed(g)) for g in groups]
-    texts = teacher.complete(prompts, max_new_tokens=128, temperature=config.temperature, seed=config.teacher_seed)
+    replies = teacher.complete(prompts, max_new_tokens=128, temperature=config.temperature, seed=config.teacher_seed,
+                               stop_at_newline=False)
+    texts = [first_paragraph(r) for r in replies]
     stats["made"] += len(texts)
     return keep(zip(texts, groups), chunk, NAME, teacher.id, stats)
+
+
+def first_paragraph(reply: str) -> str:
+    """The reply's first paragraph: a model often starts its answer on a new line, so cutting at the first
+    newline (as short answers are) would keep nothing."""
+    return next((part.strip() for part in reply.strip().split("\n\n") if part.strip()), "")
 
 
 def _listed(group) -> str:
