@@ -68,6 +68,7 @@ class Base:
 
 DEVICES = "auto, cpu, cuda, cuda:N or mps"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+HALF_DTYPES = (torch.float16, torch.bfloat16)
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
@@ -79,7 +80,7 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda", torch.cuda.current_device())
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -94,11 +95,15 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
         if device.index is not None and device.index >= count:
             raise InweightsError(f"--device {spec}: this machine has {count} CUDA GPU(s), cuda:0 to cuda:{count - 1}")
         return device if device.index is not None else torch.device("cuda", torch.cuda.current_device())
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+    if device.type == "mps" and not _mps_available():
         raise InweightsError("--device mps: Apple's MPS backend is not available here")
     if device.type not in {"cpu", "cuda", "mps"}:
         raise InweightsError(f"--device {spec!r} is not supported; give {DEVICES}")
     return device
+
+
+def _mps_available() -> bool:
+    return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
 
 
 def resolve_dtype(spec: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from inweights.prompt import answer_format
+from inweights.prompt import render
 from inweights.train import IGNORE, tokenize_example
 
 OBJECTIVES = ("sft", "distill")
@@ -33,12 +33,8 @@ OBJECTIVES = ("sft", "distill")
 def sft_rows(tokenizer, examples, max_len: int, end_id: int | None) -> list[tuple[list[int], list[int]]]:
     """Token ids and labels per example; an example whose prompt alone fills `max_len` has nothing to learn
     from and is left out."""
-    rows = [_row(tokenizer, *answer_format(tokenizer, e.prompt, e.completion, end_id), max_len) for e in examples]
+    rows = [tokenize_example(tokenizer, e.prompt, e.completion, max_len, end_id) for e in examples]
     return [row for row in rows if any(label != IGNORE for label in row[1][1:])]
-
-
-def _row(tokenizer, prompt: str, completion: str, end_id: int | None, max_len: int):
-    return tokenize_example(tokenizer, prompt, completion, max_len, end_id)
 
 
 def distill_rows(base, examples, chunk_texts: dict[str, str], max_len: int, end_id: int | None, cache_dir: Path,
@@ -52,9 +48,9 @@ def distill_rows(base, examples, chunk_texts: dict[str, str], max_len: int, end_
         by_chunk.setdefault(e.chunk_sha256, []).append(i)
     for chunk_sha, indices in tqdm(by_chunk.items(), desc="distill targets", unit="chunk", disable=not progress):
         prefix = chunk_texts[chunk_sha] + "\n\n" if context else ""
-        formatted = [answer_format(tokenizer, examples[i].prompt, examples[i].completion, end_id) for i in indices]
-        student = [_row(tokenizer, *f, max_len) for f in formatted]
-        n_prompt = [len(tokenizer(f[0])["input_ids"]) for f in formatted]  # with BOS
+        student = [tokenize_example(tokenizer, examples[i].prompt, examples[i].completion, max_len, end_id)
+                   for i in indices]
+        n_prompt = [len(tokenizer(render(tokenizer, examples[i].prompt))["input_ids"]) for i in indices]  # with BOS
         # The teacher sees prefix + the same tokens without BOS; it scores every completion token.
         continuations = [ids[1:] for ids, _ in student]
         starts = [max(p, 2) - 1 for p in n_prompt]  # student position predicting the first scored token

@@ -27,6 +27,8 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from inweights import distributed
+from inweights.models import HALF_DTYPES
+from inweights.prompt import answer_format
 
 IGNORE = -100
 UNLIKELY = "unlikely"  # the third element of a row whose labels are tokens to make unlikely (see completion_loss)
@@ -50,7 +52,10 @@ class TrainResult:
 def tokenize_example(tokenizer, prompt: str, completion: str, max_len: int, end_id: int | None
                      ) -> tuple[list[int], list[int]]:
     """Prompt and completion are tokenized separately so the boundary matches generation (which starts right
-    after the prompt's last token). `end_id` (a newline) teaches the model to stop after the completion."""
+    after the prompt's last token). `end_id` (a newline) teaches the model to stop after the completion. A QA
+    example is first put in the form the base reads (`prompt.answer_format`: its chat template, when it has one,
+    with the end-of-turn token in place of `end_id`)."""
+    prompt, completion, end_id = answer_format(tokenizer, prompt, completion, end_id)
     prompt_ids = tokenizer(prompt)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]
     if end_id is not None:
@@ -236,7 +241,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         raise ValueError("the model has no trainable parameters; attach a memory first")
     with torch.no_grad():
         for p in params.values():
-            if p.dtype in (torch.float16, torch.bfloat16):  # see the docstring: float32 weights and optimizer state
+            if p.dtype in HALF_DTYPES:  # see the docstring: float32 weights and optimizer state
                 p.data = p.data.float()
     lr = config.peak_lr
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=config.weight_decay)
@@ -246,7 +251,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
                          resumed_from_step=start, trainable_parameters=sum(p.numel() for p in params.values()))
     model.train()
     device = next(iter(params.values())).device
-    half = compute_dtype in (torch.bfloat16, torch.float16)
+    half = compute_dtype in HALF_DTYPES
     scaler = torch.amp.GradScaler(device.type, enabled=compute_dtype == torch.float16)
     world, rank = distributed.world_size(), distributed.rank()
     terms = distributed.prepare(_Terms(model, touch_all=True)) if world > 1 else _Terms(model)

@@ -154,10 +154,9 @@ def unlikely_rows(tokenizer, changed: Sequence[tuple[Example, Example]], max_len
     answer that is a prefix of the new one gives no row."""
     rows = []
     for old, new in changed:
-        prompt, completion, end = answer_format(tokenizer, old.prompt, old.completion, end_id)
-        ids, labels = tokenize_example(tokenizer, prompt, completion, max_len, end)
-        new_ids, _ = tokenize_example(tokenizer, *answer_format(tokenizer, new.prompt, new.completion, end_id)[:2],
-                                      max_len, end)
+        ids, labels = tokenize_example(tokenizer, old.prompt, old.completion, max_len, end_id)
+        new_ids, _ = tokenize_example(tokenizer, new.prompt, new.completion, max_len, end_id)
+        end = answer_format(tokenizer, old.prompt, old.completion, end_id)[2]  # the token that ends its answer
         start = next((i for i, label in enumerate(labels) if label != IGNORE), None)
         if start is None:
             continue

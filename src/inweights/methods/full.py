@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from inweights.models import HALF_DTYPES
+
 _ORIGINAL = "_inweights_full_original"
 _HALF = "_inweights_full_half"  # {name: dtype} of the parameters attach made float32
 
@@ -33,7 +35,7 @@ class FullFineTune:
             raise ValueError("the model already carries a memory; attach to a plain base model")
         # fp32 master weights: a half-precision base's parameters become float32 while the memory is attached
         # (the parameters only, not the buffers, so that detach gives the base back bit for bit).
-        half = {n: p.dtype for n, p in model.named_parameters() if p.dtype in (torch.float16, torch.bfloat16)}
+        half = {n: p.dtype for n, p in model.named_parameters() if p.dtype in HALF_DTYPES}
         for n, p in model.named_parameters():
             if n in half:
                 p.data = p.data.float()
