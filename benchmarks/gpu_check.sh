@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU checks of issue #15, as one short script for a machine with a CUDA GPU (run from the repository root,
 # after `pip install -e .`): learn + ask on the demo handbook in bfloat16 on the GPU, the training throughput
-# benchmark on the GPU, and the 2-process path when the machine has 2 GPUs. Results land in $OUT (default
+# benchmark on the GPU, and the 2-process paths (DDP, and FSDP with --shard) when the machine has 2 GPUs. Results land in $OUT (default
 # ./gpu_check): each command's output and peak memory, and train_speed.{json,md}.
 set -euo pipefail
 OUT=${OUT:-gpu_check}
@@ -17,5 +17,7 @@ python benchmarks/train_speed.py --device cuda --dtype bfloat16 --processes 1 --
 if [ "$(nvidia-smi -L | wc -l)" -ge 2 ]; then
     torchrun --standalone --nproc_per_node 2 -m inweights learn src/inweights/data/demo/handbook --memory two-gpus \
         --device cuda --dtype bfloat16 --no-progress > "$OUT/two_gpus.log" 2>&1
+    torchrun --standalone --nproc_per_node 2 -m inweights learn src/inweights/data/demo/handbook --memory two-shards \
+        --device cuda --dtype bfloat16 --shard --no-progress > "$OUT/two_shards.log" 2>&1
 fi
 tail -n 30 "$OUT/demo.log"

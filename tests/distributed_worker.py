@@ -34,6 +34,9 @@ def main() -> int:
     parser.add_argument("out", type=Path)
     parser.add_argument("--crash-after-checkpoint", action="store_true")
     parser.add_argument("--float64", action="store_true", help="base and memory in float64: rounding out of the way")
+    parser.add_argument("--shard", action="store_true", help="FSDP: shard the decoder layers across the processes")
+    parser.add_argument("--method", default="lora")
+    parser.add_argument("--dtype", default="float32")
     args = parser.parse_args()
 
     from inweights import distributed, train as training
@@ -42,10 +45,10 @@ def main() -> int:
     from inweights.models import load_base
 
     distributed.setup()
-    base = load_base(args.base, dtype=torch.float64 if args.float64 else "float32", device="cpu")
-    config = TrainConfig(method="lora", epochs=4, batch_tokens=256, checkpoint_every=3, replay_fraction=0.0, lr=1e-2)
+    base = load_base(args.base, dtype=torch.float64 if args.float64 else args.dtype, device="cpu")
+    config = TrainConfig(method=args.method, epochs=4, batch_tokens=256, checkpoint_every=3, replay_fraction=0.0, lr=1e-2)
     torch.manual_seed(config.seed)
-    model = METHODS["lora"].attach(base.model, config)
+    model = METHODS[args.method].attach(base.model, config)
     if args.float64:
         model.double()
     if args.crash_after_checkpoint:
@@ -57,13 +60,21 @@ def main() -> int:
 
         training._save_checkpoint = save_then_stop
     data = rows(base.tokenizer)
-    result = training.train(model, base.tokenizer, data, len(data), config, args.run_dir, progress=False)
+    if hasattr(METHODS[args.method], "prepare"):
+        METHODS[args.method].prepare(model, data, [])
+    name, layer = next((n, p) for n, p in model.named_parameters() if "layers.0." in n and not p.requires_grad)
+    whole = layer.numel()
+    result = training.train(model, base.tokenizer, data, len(data), config, args.run_dir, progress=False,
+                            compute_dtype=base.dtype, shard=torch.device("cpu") if args.shard else None)
+    layer = dict(model.named_parameters())[name]  # a shard of it, under --shard
+    held = layer.to_local().numel() if hasattr(layer, "to_local") else layer.numel()
     if distributed.is_main():
         weights = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
         save_file(weights, args.out)
         (args.out.with_suffix(".json")).write_text(
             f'{{"steps": {result.steps}, "resumed_from_step": {result.resumed_from_step}, '
-            f'"world": {distributed.world_size()}, "final_loss": {result.final_loss}}}')
+            f'"world": {distributed.world_size()}, "final_loss": {result.final_loss}, '
+            f'"layer_weight_held": {held}, "layer_weight_whole": {whole}}}')
     return 0
 
 

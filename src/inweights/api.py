@@ -27,7 +27,7 @@ from inweights.errors import InweightsError
 from inweights.generate import generate
 from inweights.guard import replay_targets, replay_texts
 from inweights.methods import METHODS
-from inweights.models import Base, load_base
+from inweights.models import Base, load_base, resolve_device, resolve_dtype
 from inweights.store import MANIFEST, MemoryVersion, Workspace, validate_name, write_atomic
 from inweights.prompt import has_chat_template, qa_prompt, render
 from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
@@ -80,6 +80,12 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
     t_start = time.perf_counter()
 
     documents = load_corpus(paths)  # skips bad files with one warning; raises if nothing is readable
+    shard = None  # the device the base's layers are sharded onto, under a launcher with --shard
+    if (config.shard or distributed.fsdp_requested()) and distributed.active():
+        if base is not None:
+            raise InweightsError("--shard loads the base itself (into CPU memory, then shards it); pass no base")
+        shard = resolve_device(config.device)
+        base = load_base(config.base, dtype=resolve_dtype(config.dtype, shard), device="cpu")
     base = base or load_base(config.base, dtype=config.dtype, device=config.device)
     timings["load_base_s"] = time.perf_counter() - t_start
     chunks = chunk_documents(documents, base.tokenizer, max_tokens=config.synth.chunk_tokens)
@@ -147,7 +153,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
 
     version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
                                         describe, replay=replay, warmup=warmup, validation=validation,
-                                        progress=progress)
+                                        progress=progress, shard=shard)
     _say(progress, f"learned {memory!r} version {version.version} in {time.perf_counter() - t_start:.0f}s "
                    f"({len(examples)} examples, {result.steps} steps, final loss {result.final_loss:.3f})")
     return version
@@ -155,11 +161,12 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
 
 def train_and_publish(base: Base, train_config, items, n_examples: int, workspace: Workspace, memory: str,
                       run_key: str, describe, *, replay=(), warmup=(), validation=(), progress: bool = True,
-                      resume_from: MemoryVersion | None = None):
+                      resume_from: MemoryVersion | None = None, shard=None):
     """Attach a fresh memory of `train_config.method` to the base (or, with `resume_from`, that version's memory,
     trainable), train it on `items` (resuming a checkpoint of the same `run_key`), publish it as the next version
     of `memory` with the manifest `describe(result)`, and give the caller its plain base model back. Returns
-    (version, training result)."""
+    (version, training result). With `shard` (a device; under a launcher) the base's layers are sharded across
+    the processes onto it for training (train.train) and the base stays sharded: it is not used again."""
     method = METHODS[train_config.method]
     torch.manual_seed(train_config.seed)
     if resume_from is not None:
@@ -171,7 +178,7 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
             method.prepare(model, items, replay)
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
                        progress=progress, replay=replay, warmup=warmup, validation=validation,
-                       compute_dtype=base.dtype)
+                       compute_dtype=base.dtype, shard=shard)
 
         def write(directory: Path) -> None:
             manifest = describe(result)
@@ -182,7 +189,8 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
         distributed.barrier()
         return workspace.get(f"{memory}@{distributed.broadcast(number)}"), result
     finally:
-        method.detach(model)
+        if shard is None:
+            method.detach(model)
 
 
 def _manifest(memory: str, base: Base, config: LearnConfig, records: list[dict], result, timings: dict,

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--yes", action="store_true", help="go ahead even when the plan's estimate is over an hour")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_device_options(p)
+    p.add_argument("--shard", action="store_true", help="under a launcher (torchrun, accelerate launch): split the "
+                   "base's decoder layers across the processes (FSDP) instead of a whole copy in each, for a base "
+                   "too large for one device; the base is loaded into CPU memory first. LoRA and memory_layer only")
     p.set_defaults(run=_learn)
 
     p = sub.add_parser("forget", help="make a new version without what some documents taught",
@@ -210,7 +213,7 @@ def _learn(args) -> int:
     from inweights import distributed
     from inweights.api import learn
 
-    config = LearnConfig(base=args.base, device=args.device, dtype=args.dtype,
+    config = LearnConfig(base=args.base, device=args.device, dtype=args.dtype, shard=args.shard,
                          synth=_collect(args, SynthConfig, "synth"), train=_collect(args, TrainConfig, "train"))
     version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes, show_plan=True,
                     update=args.update)

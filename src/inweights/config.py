@@ -200,6 +200,9 @@ class LearnConfig:
     dtype: str = "auto"
     """The base's weights: auto (bfloat16 on a GPU that has it, float32 on the CPU), float32, bfloat16 or float16.
     The memory's trainable parameters and their optimizer state stay float32 either way (see train.py)."""
+    shard: bool = False
+    """Under a launcher, split the base's decoder layers across the processes (FSDP, see distributed.py) instead
+    of a whole copy in each. Also on under `accelerate launch --use_fsdp`. Ignored in one process."""
     synth: SynthConfig = field(default_factory=SynthConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
@@ -209,6 +212,7 @@ class LearnConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "LearnConfig":
         return cls(base=data["base"], device=data.get("device", "auto"), dtype=data.get("dtype", "auto"),
+                   shard=data.get("shard", False),
                    synth=_build(SynthConfig, data["synth"]),
                    train=_build(TrainConfig, data["train"]))
 

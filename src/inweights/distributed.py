@@ -7,6 +7,14 @@ process trains on the same rows), every process takes its share of each batch's 
 DistributedDataParallel (prepared by Accelerate), and only the main process writes checkpoints and publishes
 the version. With one process (no launcher) nothing here does anything and no process group is made.
 
+With `--shard` (FSDP; PyTorch's `fully_shard`, also chosen by `accelerate launch --use_fsdp`), each process holds
+only its 1/N of every decoder layer's weights (the base and the memory's parameters in them) and gathers a layer's
+full weights just for its forward and backward, so a base too large for one device trains on several. The base
+is loaded into CPU memory first and only each process's shards go to its device; the embeddings, the final norm
+and the output head stay whole on every device. Gradients are reduce-scattered (averaged, like DDP's), so the
+result is the same as DDP's and one process's. The memory's trainable parameters must live inside the decoder
+layers, each in one (LoRA, the memory layer); checkpoints hold full tensors, so a sharded run resumes with any number of processes.
+
 Why the result matches one process: the batch plan depends only on the seed, each process takes rows
 rank::N of a batch, and each scales its summed loss by N / (scored positions of the whole batch), so the
 gradients DDP averages are exactly the one-process gradient of the mean loss, up to floating-point order.
@@ -90,6 +98,80 @@ def broadcast(value):
 def prepare(module):
     """`module` wrapped for data-parallel training (DistributedDataParallel, by Accelerate)."""
     return accelerator().prepare_model(module)
+
+
+def fsdp_requested() -> bool:
+    """True when the launcher asked for FSDP (`accelerate launch --use_fsdp` sets ACCELERATE_USE_FSDP)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "").lower() in {"1", "true", "yes"}
+
+
+def shard(model, device) -> None:
+    """Shard `model`'s decoder layers across the processes onto `device` (FSDP2: `fully_shard` on each layer),
+    in place; the parameters outside the layers are moved whole to `device`. Raises InweightsError when a
+    trainable parameter lies outside the layers (its gradient would not be averaged)."""
+    import torch
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.tensor import DTensor
+
+    from inweights.errors import InweightsError
+    from inweights.methods.lora import decoder_layers
+
+    layers = decoder_layers(model)
+    owners: dict[int, int] = {}  # trainable parameter -> how many layers hold it
+    for layer in layers:
+        for p in {id(p) for p in layer.parameters() if p.requires_grad}:
+            owners[p] = owners.get(p, 0) + 1
+    unfit = [n for n, p in model.named_parameters(remove_duplicate=False)
+             if p.requires_grad and owners.get(id(p)) != 1]
+    if unfit:
+        raise InweightsError(f"--shard splits the decoder layers across processes, but this memory trains "
+                             f"parameters outside them or shared between them ({', '.join(unfit[:3])}); use "
+                             f"--method lora or memory_layer, or train without --shard")
+    mesh = init_device_mesh(device.type, (world_size(),))
+    for layer in layers:
+        # Each layer is a root of its own (the embeddings and head are not sharded); a root keeps its weights
+        # gathered after its forward unless told otherwise, and a frozen layer that no gradient passes through
+        # would then stay whole.
+        fully_shard(layer, mesh=mesh, reshard_after_forward=True)
+    with torch.no_grad():
+        for module in model.modules():
+            for store in (module._parameters, module._buffers):
+                for name, value in store.items():
+                    if value is not None and not isinstance(value, DTensor) and value.device != device:
+                        value.data = value.data.to(device)
+
+
+def is_sharded(tensor) -> bool:
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+def full(tensor):
+    """A sharded tensor's whole value (gathered from every process: all must call this); others as they are."""
+    return tensor.full_tensor() if is_sharded(tensor) else tensor
+
+
+def like(value, reference):
+    """`value` (a whole tensor) sharded as `reference` is; `value` itself when `reference` is not sharded."""
+    if not is_sharded(reference):
+        return value
+    from torch.distributed.tensor import distribute_tensor
+
+    return distribute_tensor(value.to(reference.device), reference.device_mesh, reference.placements,
+                             src_data_rank=None)  # every process holds `value`: each keeps its own shard
+
+
+def gather_trainable(model) -> None:
+    """Replace each sharded trainable parameter of `model` by its whole value (every process), so the memory
+    can be saved as from one process. The model is not trained further after this."""
+    import torch
+
+    for module in model.modules():
+        for name, value in list(module._parameters.items()):
+            if value is not None and value.requires_grad and is_sharded(value):
+                module._parameters[name] = torch.nn.Parameter(value.full_tensor().detach(), requires_grad=True)
 
 
 def sum_across(value: float) -> float:

@@ -203,7 +203,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
           replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = (),
           warmup: Sequence[tuple[list[int], list[int]]] = (),
           validation: Sequence[tuple[list[int], list[int]]] = (),
-          compute_dtype: torch.dtype | None = None) -> TrainResult:
+          compute_dtype: torch.dtype | None = None, shard: torch.device | None = None) -> TrainResult:
     """Train the model's trainable parameters on `items`, rows of (ids, labels) with hard-label loss or
     (ids, labels, (start, top-k ids, top-k log-probs)) with soft targets (see objectives.py), mixed with the
     `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard, and the `warmup` rows
@@ -225,7 +225,9 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     to zero.
 
     Under a launcher (distributed.py), each process trains on rows rank::N of every batch with
-    DistributedDataParallel, and only the main process writes checkpoints.
+    DistributedDataParallel, and only the main process writes checkpoints. With `shard` (a device), the decoder
+    layers are instead sharded across the processes onto that device (FSDP, distributed.shard); checkpoints then
+    gather the whole tensors first, and at the end each trainable parameter is whole again in every process.
     """
     items = list(items) + [(ids, [IGNORE] * len(ids), (0, top_ids, top_logprobs))
                            for ids, top_ids, top_logprobs in replay]
@@ -243,6 +245,11 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         for p in params.values():
             if p.dtype in HALF_DTYPES:  # see the docstring: float32 weights and optimizer state
                 p.data = p.data.float()
+    world, rank = distributed.world_size(), distributed.rank()
+    sharded = shard is not None and world > 1
+    if sharded:  # the layers' parameters become shards: collect them again
+        distributed.shard(model, shard)
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     lr = config.peak_lr
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=config.weight_decay)
     checkpoint = run_dir / "checkpoint"
@@ -253,8 +260,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     device = next(iter(params.values())).device
     half = compute_dtype in HALF_DTYPES
     scaler = torch.amp.GradScaler(device.type, enabled=compute_dtype == torch.float16)
-    world, rank = distributed.world_size(), distributed.rank()
-    terms = distributed.prepare(_Terms(model, touch_all=True)) if world > 1 else _Terms(model)
+    terms = distributed.prepare(_Terms(model, touch_all=True)) if world > 1 and not sharded else _Terms(model)
     main = rank == 0
     pad = tokenizer.pad_token_id
     bar = tqdm(range(start, total), desc="train", unit="step", disable=not progress or not main, initial=start,
@@ -292,7 +298,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         result.losses.append(round(loss, 4))
         elapsed = time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
-        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total and main:
+        if (step + 1) % config.checkpoint_every == 0 and step + 1 < total and (main or sharded):
             _save_checkpoint(checkpoint, params, optimizer, step + 1, total)
         if validation and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total):
             held_out = validation_loss(model, validation, pad, config.batch_tokens)
@@ -310,6 +316,8 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         with torch.no_grad():
             for name, value in best[2].items():
                 params[name].copy_(value)
+    if sharded:
+        distributed.gather_trainable(model)
     model.eval()
     result.seconds = time.perf_counter() - t0
     result.final_loss = sum(result.losses[-10:]) / max(len(result.losses[-10:]), 1) if result.losses else float("nan")
@@ -360,13 +368,17 @@ def _lr_factor(step: int, total: int) -> float:
 
 
 def _save_checkpoint(directory: Path, params: dict, optimizer, step: int, total: int) -> None:
-    tensors = {f"param.{n}": p.detach().contiguous() for n, p in params.items()}
+    """Write whole tensors (sharded ones are gathered first: then every process calls this, the main one writes)."""
+    tensors = {f"param.{n}": distributed.full(p.detach()).contiguous() for n, p in params.items()}
     state = optimizer.state_dict()["state"]
     for index, name in enumerate(params):
         for key, value in state.get(index, {}).items():
             if torch.is_tensor(value):
-                tensors[f"adam.{key}.{name}"] = value.detach().reshape(-1).contiguous() if value.dim() == 0 \
-                    else value.detach().contiguous()
+                value = distributed.full(value.detach())
+                tensors[f"adam.{key}.{name}"] = value.reshape(-1).contiguous() if value.dim() == 0 \
+                    else value.contiguous()
+    if not distributed.is_main():
+        return
     tmp = directory.with_name(directory.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -387,14 +399,14 @@ def _load_checkpoint(directory: Path, params: dict, optimizer, total: int) -> in
     tensors = load_file(directory / "state.safetensors")
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(tensors[f"param.{name}"])
+            p.copy_(distributed.like(tensors[f"param.{name}"], p))
     state = {}
     for index, (name, p) in enumerate(params.items()):
         entry = {}
         for key in ("step", "exp_avg", "exp_avg_sq"):
             value = tensors.get(f"adam.{key}.{name}")
             if value is not None:
-                entry[key] = value.reshape(()) if key == "step" else value
+                entry[key] = value.reshape(()) if key == "step" else distributed.like(value, p)
         if entry:
             state[index] = entry
     saved = optimizer.state_dict()
