@@ -53,6 +53,7 @@ KNOBS = {
     "wf": ("warmup", float, "train", "warmup_fraction", "QA warm-up share of the sequences"),
     "ho": ("holdout", float, "train", "holdout", "share of facts with a wording held out for early stopping"),
     "ex": ("exposures", int, "train", "exposures", "target exposures per fact (sets the epochs)"),
+    "rk": ("rank", int, "train", "rank", "LoRA rank, default 16 (alpha stays its default)"),
 }
 
 
@@ -74,6 +75,7 @@ class Point:
     warmup: float | None = None  # QA warm-up share (TrainConfig.warmup_fraction); None: its default
     holdout: float | None = None  # early stopping on held-out wordings (TrainConfig.holdout); None: its default
     exposures: int | None = None  # target exposures per fact (TrainConfig.exposures); None: its default
+    rank: int | None = None  # LoRA rank (TrainConfig.rank); None: its default
 
     @property
     def name(self) -> str:
