@@ -143,3 +143,14 @@ def test_shard_refuses_a_memory_outside_the_layers_with_a_clear_error(tiny_model
                  str(tmp_path / "x.safetensors"), "--method", "tinylora", "--shard", check=False)
     assert out.returncode != 0
     assert "--shard splits the decoder layers" in out.stderr and "shared between them" in out.stderr
+
+
+def test_learn_shard_refuses_a_method_outside_the_layers_before_any_work(tiny_model_dir, tmp_path):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("The Oslo office of Fjordlight opened in March 2019.\n")
+    env = dict(os.environ, INWEIGHTS_HOME=str(tmp_path / "home"))
+    out = launch(2, "-m", "inweights", "learn", str(docs), "--memory", "m", "--base", str(tiny_model_dir),
+                 "--no-progress", "--shard", "--method", "cartridge", env=env, check=False)
+    assert out.returncode != 0 and "a cartridge memory does not live inside them" in out.stderr
+    assert not (tmp_path / "home" / "cache").exists()  # nothing was synthesized

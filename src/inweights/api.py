@@ -84,6 +84,10 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
     if (config.shard or distributed.fsdp_requested()) and distributed.active():
         if base is not None:
             raise InweightsError("--shard loads the base itself (into CPU memory, then shards it); pass no base")
+        if config.train.method not in distributed.SHARDABLE:
+            raise InweightsError(f"--shard splits the decoder layers across processes, and a {config.train.method} "
+                                 f"memory does not live inside them; use --method "
+                                 f"{' or '.join(distributed.SHARDABLE)}, or train without --shard")
         shard = resolve_device(config.device)
         base = load_base(config.base, dtype=resolve_dtype(config.dtype, shard), device="cpu")
     base = base or load_base(config.base, dtype=config.dtype, device=config.device)

@@ -27,6 +27,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 
 _ACCELERATOR = None
+SHARDABLE = ("lora", "memory_layer")  # methods whose trainable parameters each live inside one decoder layer
 
 
 def world_size() -> int:
