@@ -223,14 +223,16 @@ def test_entigraph_reads_a_reply_that_starts_on_a_new_line_to_its_first_paragrap
     assert [e.completion for e in examples] == [text]
 
 
-def test_implications_keep_grounded_items_and_rewrite_sentences():
+def test_implications_keep_grounded_items_and_rewrite_sentences_of_each_reply_first_paragraph():
     from inweights.synth import implications
 
     def reply(prompt, prefix):
         if prompt.startswith("Let's"):
-            return ("1. The Bergen office has been open since April 2016.\n"
-                    "2. The Bergen office was founded by Ingrid Vassbotn in 1999.\n3. Yes.")
-        return "In April 2016 the Bergen office opened its doors. Ingrid Vassbotn is the person who founded it."
+            return ("\n1. The Bergen office has been open since April 2016.\n"
+                    "2. The Bergen office was founded by Ingrid Vassbotn in 1999.\n3. Yes.\n\n"
+                    "Ingrid Vassbotn chose Bergen for the office that opened in April 2016.")
+        return ("In April 2016 the Bergen office opened its doors. Ingrid Vassbotn is the person who founded it.\n\n"
+                "Rewritten passage: the Bergen office opened in April 2016 and was founded by Ingrid Vassbotn.")
 
     stats = Counter()
     examples = implications.make(chunk(), ScriptedTeacher(reply), SynthConfig(rephrases_per_sentence=1), stats)

@@ -13,7 +13,7 @@ from collections import Counter
 from itertools import combinations
 
 from inweights.synth import Example
-from inweights.synth.grounded import keep
+from inweights.synth.grounded import first_paragraph, keep
 
 NAME = "entigraph"
 VERSION = 2  # 2: replies are read to their first paragraph, not cut at their first newline
@@ -67,12 +67,6 @@ def make(chunk, teacher, config, stats: Counter) -> list[Example]:
     texts = [first_paragraph(r) for r in replies]
     stats["made"] += len(texts)
     return keep(zip(texts, groups), chunk, NAME, teacher.id, stats)
-
-
-def first_paragraph(reply: str) -> str:
-    """The reply's first paragraph: a model often starts its answer on a new line, so cutting at the first
-    newline (as short answers are) would keep nothing."""
-    return next((part.strip() for part in reply.strip().split("\n\n") if part.strip()), "")
 
 
 def _listed(group) -> str:

@@ -38,6 +38,14 @@ def keep(texts: Iterable[tuple[str, tuple[str, ...]]], chunk, name: str, teacher
     return [Example("", text, name, chunk.sha256, chunk.doc_path, chunk.doc_sha256, teacher_id) for text, _ in good]
 
 
+def first_paragraph(reply: str) -> str:
+    """The reply's first paragraph: a model often starts its answer on a new line, so cutting at the first
+    newline (as short answers are) would keep nothing, and what a small model writes after its first blank line
+    is mostly a new, unrelated text. (Servers differ in where they stop a completion; this makes every teacher's
+    reply the same kind of text.)"""
+    return next((part.strip() for part in reply.strip().split("\n\n") if part.strip()), "")
+
+
 def items(text: str) -> list[str]:
     """The entries of a list the teacher wrote, one per line, without their markers ("1.", "-", "*")."""
     import re

@@ -1,17 +1,18 @@
 """Implications and rewrites (SEAL, Zweiger et al. 2025): the teacher lists what follows from the chunk, directly
 or indirectly, and rewrites it in other words; each implication and each sentence of the rewrite is a
-training text, kept only when grounded in the chunk (synth/grounded.py)."""
+training text, kept only when grounded in the chunk (synth/grounded.py). Each reply is read to its first
+paragraph (grounded.first_paragraph), whichever teacher wrote it."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from inweights.synth import Example
-from inweights.synth.grounded import items, keep
+from inweights.synth.grounded import first_paragraph, items, keep
 from inweights.synth.text import sentences
 
 NAME = "implications"
-VERSION = 1
+VERSION = 2  # 2: each reply is read to its first paragraph
 NEEDS_TEACHER = True
 TOKENS_PER_WORD = 2.0
 """Synthetic tokens per source word, for the plan (a list of implications and a rewrite per chunk)."""
@@ -41,6 +42,7 @@ def make(chunk, teacher, config, stats: Counter) -> list[Example]:
                                stop_at_newline=False)
     texts = []
     for prompt, reply in zip(asks, replies):
+        reply = first_paragraph(reply)
         parts = items(reply) if prompt.startswith("Let's") else sentences(reply)
         texts += [(part, ()) for part in parts]
     stats["made"] += len(texts)
