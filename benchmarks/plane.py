@@ -18,6 +18,7 @@ Run as:
     python benchmarks/plane.py --points lora-sft-guard-cloze-all-lr0.0001    # a learning rate of its own
     python benchmarks/plane.py --points full-sft-guard-cloze-all-rf0.5-rs256  # the guard: replay fraction, samples
     python benchmarks/plane.py --points full-sft-guard-cloze-all-fs10        # 10 answer spans per sentence, not 2
+    python benchmarks/plane.py --points lora-sft-guard-facts-all-ml1         # LoRA on the MLP projections only
     python benchmarks/plane.py --out benchmarks/results/teacher_quality --teacher http://127.0.0.1:8765/v1 \
         --teacher-model base --points lora-sft-guard-facts+entigraph-all   # strategies joined by '+', a teacher
     python benchmarks/plane.py --skip-passages 8 --out benchmarks/results/plane_check --points ...  # passages 9-16
@@ -53,8 +54,10 @@ KNOBS = {
     "wf": ("warmup", float, "train", "warmup_fraction", "QA warm-up share of the sequences"),
     "ho": ("holdout", float, "train", "holdout", "share of facts with a wording held out for early stopping"),
     "ex": ("exposures", int, "train", "exposures", "target exposures per fact (sets the epochs)"),
-    "rk": ("rank", int, "train", "rank", "LoRA rank, default 16 (alpha stays its default)"),
+    "rk": ("rank", int, "train", "rank", "LoRA rank (alpha stays its default)"),
+    "ml": ("mlp", int, "train", "target_modules", "LoRA on the MLP projections only (1; default: every linear layer)"),
 }
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,7 @@ class Point:
     holdout: float | None = None  # early stopping on held-out wordings (TrainConfig.holdout); None: its default
     exposures: int | None = None  # target exposures per fact (TrainConfig.exposures); None: its default
     rank: int | None = None  # LoRA rank (TrainConfig.rank); None: its default
+    mlp: int | None = None  # 1: LoRA on MLP_PROJECTIONS only (TrainConfig.target_modules); None: every linear layer
 
     @property
     def name(self) -> str:
@@ -101,8 +105,11 @@ class Point:
         """The TrainConfig of this point (guard off: no replay)."""
         from inweights.config import TrainConfig
 
+        fields = self._fields("train")
+        if "target_modules" in fields:
+            fields["target_modules"] = MLP_PROJECTIONS if fields["target_modules"] else ()
         return TrainConfig(method=self.method, objective=self.objective,
-                           **(self._fields("train") | ({} if self.guard else {"replay_fraction": 0.0})))
+                           **(fields | ({} if self.guard else {"replay_fraction": 0.0})))
 
 
 def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
@@ -292,7 +299,8 @@ def _legend(with_defaults: bool) -> str:
     parts = []
     for k, (_, _, section, field, meaning) in KNOBS.items():
         default = getattr(TrainConfig if section == "train" else SynthConfig, field)
-        parts.append(f"-{k} ({meaning}" + (f", default {default:,}" if with_defaults and default is not None else "")
+        shown = with_defaults and isinstance(default, (int, float))  # not target_modules' empty tuple
+        parts.append(f"-{k} ({meaning}" + (f", default {default:,}" if shown else "")
                      + ")")
     return ", ".join(parts)
 

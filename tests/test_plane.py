@@ -21,7 +21,8 @@ _spec.loader.exec_module(plane)
                             plane.Point("lora", "distill", True, "selfstudy", 6000, 2e-05, 0.35, None),
                             plane.Point("full", "sft", True, "cloze", None, 1e-05, None, None, 10),
                             plane.Point("memory_layer", "sft", True, "cloze", None, 0.03, rows=8192),
-                            plane.Point("memory_layer", "sft", True, "cloze", None, rows=8192, topk=128)])
+                            plane.Point("memory_layer", "sft", True, "cloze", None, rows=8192, topk=128),
+                            plane.Point("lora", "sft", True, "facts", None, replay=0.5, mlp=1)])
 def test_point_names_round_trip(point):
     assert plane._parse(point.name) == point
 
@@ -39,5 +40,7 @@ def test_guard_knobs_reach_the_train_config():
     assert plane.Point("lora", "sft", False, "cloze", None, None, 0.5).train_config().replay_fraction == 0.0
     assert plane.Point("lora", "sft", True, "cloze", None, facts=10).synth_config().facts_per_sentence == 10
     assert plane.Point("memory_layer", "sft", True, "cloze", None, rows=99).train_config().memory_trainable_rows == 99
+    assert plane.Point("lora", "sft", True, "facts", None, mlp=1).train_config().target_modules == plane.MLP_PROJECTIONS
+    assert plane.Point("lora", "sft", True, "facts", None).train_config().target_modules == ()
     with pytest.raises(SystemExit):
         plane._parse("lora-sft-guard-cloze-all-xx3")
