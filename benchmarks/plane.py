@@ -58,6 +58,8 @@ KNOBS = {
     "ml": ("mlp", int, "train", "target_modules", "LoRA on the MLP projections only (1; default: every linear layer)"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
+# Config fields whose value is not the number in the point's name: field -> the value from that number.
+TO_CONFIG = {"views": bool, "target_modules": lambda on: MLP_PROJECTIONS if on else ()}
 
 
 @dataclass(frozen=True)
@@ -88,28 +90,22 @@ class Point:
                                                     if getattr(self, attr) is not None))
 
     def _fields(self, section: str) -> dict:
-        """The config fields this point sets in `section` ("train" or "synth")."""
-        return {field: getattr(self, attr) for attr, _, where, field, _ in KNOBS.values()
-                if where == section and getattr(self, attr) is not None}
+        """The config fields this point sets in `section` ("train" or "synth"), as the config takes them."""
+        return {field: TO_CONFIG.get(field, lambda v: v)(getattr(self, attr)) for attr, _, where, field, _
+                in KNOBS.values() if where == section and getattr(self, attr) is not None}
 
     def synth_config(self):
         """The SynthConfig of this point."""
         from inweights.config import SynthConfig
 
-        fields = self._fields("synth")
-        if "views" in fields:
-            fields["views"] = bool(fields["views"])
-        return SynthConfig(strategies=tuple(self.strategy.split("+")), budget=self.budget, **fields)
+        return SynthConfig(strategies=tuple(self.strategy.split("+")), budget=self.budget, **self._fields("synth"))
 
     def train_config(self):
         """The TrainConfig of this point (guard off: no replay)."""
         from inweights.config import TrainConfig
 
-        fields = self._fields("train")
-        if "target_modules" in fields:
-            fields["target_modules"] = MLP_PROJECTIONS if fields["target_modules"] else ()
         return TrainConfig(method=self.method, objective=self.objective,
-                           **(fields | ({} if self.guard else {"replay_fraction": 0.0})))
+                           **(self._fields("train") | ({} if self.guard else {"replay_fraction": 0.0})))
 
 
 def default_points(budgets: list[int], ref: int, low: int) -> list[Point]:
