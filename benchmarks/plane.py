@@ -56,10 +56,13 @@ KNOBS = {
     "ex": ("exposures", int, "train", "exposures", "target exposures per fact (sets the epochs)"),
     "rk": ("rank", int, "train", "rank", "LoRA rank (alpha stays its default)"),
     "ml": ("mlp", int, "train", "target_modules", "LoRA on the MLP projections only (1; default: every linear layer)"),
+    "an": ("anchor", float, "train", "anchor", "the activation anchor's weight"),
+    "ly": ("layers", int, "train", "layers", "LoRA on the first N decoder layers only"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
 # Config fields whose value is not the number in the point's name: field -> the value from that number.
-TO_CONFIG = {"views": bool, "target_modules": lambda on: MLP_PROJECTIONS if on else ()}
+TO_CONFIG = {"views": bool, "target_modules": lambda on: MLP_PROJECTIONS if on else (),
+             "layers": lambda n: tuple(range(n))}
 
 
 @dataclass(frozen=True)
@@ -82,6 +85,8 @@ class Point:
     exposures: int | None = None  # target exposures per fact (TrainConfig.exposures); None: its default
     rank: int | None = None  # LoRA rank (TrainConfig.rank); None: its default
     mlp: int | None = None  # 1: LoRA on MLP_PROJECTIONS only (TrainConfig.target_modules); None: every linear layer
+    anchor: float | None = None  # the activation anchor's weight (TrainConfig.anchor); None: its default
+    layers: int | None = None  # LoRA on decoder layers 0..N-1 only (TrainConfig.layers); None: every layer
 
     @property
     def name(self) -> str:

@@ -49,6 +49,15 @@ def test_boolean_options_parse_both_ways():
     assert _collect(unset, SynthConfig, "synth").statements is SynthConfig().statements
 
 
+def test_list_options_parse_their_items_type():
+    from inweights.cli import _collect
+
+    args = build_parser().parse_args(["learn", "d", "--memory", "m", "--layers", "0, 3", "--target-modules",
+                                      "q_proj,v_proj"])
+    train = _collect(args, TrainConfig, "train")
+    assert train.layers == (0, 3) and train.target_modules == ("q_proj", "v_proj")
+
+
 def test_learn_with_missing_documents_exits_2_with_a_message(tmp_path, workspace, tiny_model_dir, capsys):
     code = main(["learn", str(tmp_path / "nothing-here"), "--memory", "acme", "--base", str(tiny_model_dir),
                  "--no-progress"])

@@ -128,3 +128,14 @@ def test_resume_attaches_a_saved_memory_trainable(name, base, tmp_path):
     finally:
         plain = method.detach(resumed)
     assert torch.equal(_logits(plain, ids), reference)
+
+
+def test_lora_on_chosen_layers_only(base):
+    model = METHODS["lora"].attach(base.model, TrainConfig(layers=(1,)))
+    try:
+        adapted = {n.split("layers.")[1].split(".")[0] for n, p in model.named_parameters() if "lora_" in n}
+        assert adapted == {"1"}
+    finally:
+        METHODS["lora"].detach(model)
+    with pytest.raises(ValueError, match="lora method only"):
+        TrainConfig(method="full", layers=(0,))

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from inweights import __version__, distributed
+from inweights.anchor import Anchor
 from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import chunk_documents, load_corpus
 from inweights.errors import InweightsError
@@ -180,9 +181,11 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
     try:
         if hasattr(method, "prepare") and resume_from is None:
             method.prepare(model, items, replay)
+        penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
+                   if train_config.anchor > 0 else None)
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
                        progress=progress, replay=replay, warmup=warmup, validation=validation,
-                       compute_dtype=base.dtype, shard=shard)
+                       compute_dtype=base.dtype, shard=shard, penalty=penalty)
 
         def write(directory: Path) -> None:
             manifest = describe(result)

@@ -417,9 +417,10 @@ def _add_dataclass_options(parser, cls, group_name: str) -> None:
             group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, help=help_text,
                                action=argparse.BooleanOptionalAction)
         elif kind is tuple:
+            item = typing.get_args(hints[f.name])[0]  # tuple[str, ...] or tuple[int, ...]
             group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, metavar="A,B",
                                help=help_text + ", comma-separated",
-                               type=lambda s: tuple(x.strip() for x in s.split(",") if x.strip()))
+                               type=lambda s, item=item: tuple(item(x.strip()) for x in s.split(",") if x.strip()))
         else:
             group.add_argument(flag, dest=f"{group_name}.{f.name}", default=None, type=kind, help=help_text,
                                metavar=f.name.upper())

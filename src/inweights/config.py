@@ -111,6 +111,8 @@ class TrainConfig:
     """Linear layers that get a LoRA (or TinyLoRA) update, as module-name suffixes (e.g. q_proj,v_proj); empty:
     found by architecture, every linear layer inside the decoder layers (attention and MLP, not the embedding or
     the output head) of whatever family the base is."""
+    layers: tuple[int, ...] = ()
+    """LoRA only: the decoder layers (0 = nearest the input) that get an update; empty: every layer."""
     tinylora_u: int = 64
     """tinylora: trainable numbers per adapted layer."""
     prefix_tokens: int = 128
@@ -137,6 +139,10 @@ class TrainConfig:
     itself, trained toward the base model's own next-token distribution (KL over its top-k). 0 turns it off."""
     replay_sequences: int = 64
     """General-text samples generated once per base model and cached."""
+    anchor: float = 0.0
+    """LoRA only: weight of the activation anchor, a penalty on the change each LoRA layer makes to its output on
+    the guard's general text, relative to that output (anchor.py); it needs the guard's text (replay_fraction >
+    0). 0 turns it off."""
     warmup_fraction: float = 0.0
     """QA warm-up: share of the training sequences that are questions and answers about other text (the facts
     strategy run over the guard's general-text samples of the base model, never an evaluation set), which
@@ -163,6 +169,7 @@ class TrainConfig:
         from inweights.methods import METHODS
 
         self.target_modules = tuple(self.target_modules)
+        self.layers = tuple(int(i) for i in self.layers)
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; choose from {sorted(METHODS)}")
         if self.objective not in ("sft", "distill"):
@@ -178,6 +185,12 @@ class TrainConfig:
             raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
         if self.rehearsal < 0:
             raise ValueError("rehearsal must be >= 0")
+        if (self.layers or self.anchor) and self.method != "lora":
+            raise ValueError("layers and anchor apply to the lora method only")
+        if self.anchor < 0 or any(i < 0 for i in self.layers):
+            raise ValueError("anchor and the layer numbers must be >= 0")
+        if self.anchor and self.replay_fraction == 0:
+            raise ValueError("the anchor is measured on the guard's general text: it needs replay_fraction > 0")
         if self.rank < 1 or (self.lr is not None and self.lr <= 0) or self.batch_tokens < self.max_seq_len:
             raise ValueError("need rank >= 1, lr > 0 and batch_tokens >= max_seq_len")
 

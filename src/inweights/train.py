@@ -203,7 +203,8 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
           replay: Sequence[tuple[list[int], torch.Tensor, torch.Tensor]] = (),
           warmup: Sequence[tuple[list[int], list[int]]] = (),
           validation: Sequence[tuple[list[int], list[int]]] = (),
-          compute_dtype: torch.dtype | None = None, shard: torch.device | None = None) -> TrainResult:
+          compute_dtype: torch.dtype | None = None, shard: torch.device | None = None,
+          penalty=None) -> TrainResult:
     """Train the model's trainable parameters on `items`, rows of (ids, labels) with hard-label loss or
     (ids, labels, (start, top-k ids, top-k log-probs)) with soft targets (see objectives.py), mixed with the
     `replay` rows (ids, top-k ids, top-k log-probs of the base model) under the KL guard, and the `warmup` rows
@@ -215,7 +216,8 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
 
     The first `n_examples` items are the examples that set the epoch size; any further items are extra
     hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run
-    (whatever number of processes made it).
+    (whatever number of processes made it). `penalty`: a function of no arguments whose value (a scalar of the
+    trainable weights, e.g. anchor.Anchor) is added to every step's loss.
 
     Precision: with `compute_dtype` bfloat16 or float16 (a base loaded in half precision) the forward runs under
     autocast in that dtype, but the memory's trainable parameters, their gradients and the AdamW moments stay
@@ -286,7 +288,10 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         if scored:  # a batch with nothing to score (every completion cut off) is skipped, by every process alike
             # DDP averages the processes' gradients, hence the factor `world`: their mean is the gradient of the
             # whole batch's sum over the whole batch's scored positions.
-            scaler.scale(summed / scored * (world * share)).backward()
+            objective = summed / scored * (world * share)
+            if penalty is not None:  # the same in every process: DDP's mean leaves it as it is
+                objective = objective + penalty()
+            scaler.scale(objective).backward()
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params.values(), 1.0)
             scaler.step(optimizer)

@@ -23,7 +23,8 @@ class LoRA:
         if isinstance(model, PeftModel):
             raise ValueError("the model already carries a memory; attach to a plain base model")
         lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
-                          target_modules=target_modules(model, config), task_type="CAUSAL_LM")
+                          target_modules=target_modules(model, config), task_type="CAUSAL_LM",
+                          layers_to_transform=list(config.layers) or None)
         return get_peft_model(model, lora)
 
     def save(self, model, directory: Path) -> None:
