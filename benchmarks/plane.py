@@ -58,11 +58,12 @@ KNOBS = {
     "ml": ("mlp", int, "train", "target_modules", "LoRA on the MLP projections only (1; default: every linear layer)"),
     "an": ("anchor", float, "train", "anchor", "the activation anchor's weight"),
     "ly": ("layers", int, "train", "layers", "LoRA on the first N decoder layers only"),
+    "at": ("layer_at", int, "train", "layers", "the memory layer beside decoder layer N (default: the middle one)"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
-# Config fields whose value is not the number in the point's name: field -> the value from that number.
-TO_CONFIG = {"views": bool, "target_modules": lambda on: MLP_PROJECTIONS if on else (),
-             "layers": lambda n: tuple(range(n))}
+# Knobs whose config value is not the number in the point's name: Point attribute -> the value from that number.
+TO_CONFIG = {"views": bool, "mlp": lambda on: MLP_PROJECTIONS if on else (), "layers": lambda n: tuple(range(n)),
+             "layer_at": lambda n: (n,)}
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ class Point:
     mlp: int | None = None  # 1: LoRA on MLP_PROJECTIONS only (TrainConfig.target_modules); None: every linear layer
     anchor: float | None = None  # the activation anchor's weight (TrainConfig.anchor); None: its default
     layers: int | None = None  # LoRA on decoder layers 0..N-1 only (TrainConfig.layers); None: every layer
+    layer_at: int | None = None  # memory_layer: beside decoder layer N (TrainConfig.layers); None: the middle one
 
     @property
     def name(self) -> str:
@@ -96,7 +98,7 @@ class Point:
 
     def _fields(self, section: str) -> dict:
         """The config fields this point sets in `section` ("train" or "synth"), as the config takes them."""
-        return {field: TO_CONFIG.get(field, lambda v: v)(getattr(self, attr)) for attr, _, where, field, _
+        return {field: TO_CONFIG.get(attr, lambda v: v)(getattr(self, attr)) for attr, _, where, field, _
                 in KNOBS.values() if where == section and getattr(self, attr) is not None}
 
     def synth_config(self):

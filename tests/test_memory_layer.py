@@ -183,3 +183,15 @@ def test_learn_then_ask_with_the_memory_layer(method, tmp_path, workspace, tiny_
     assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())  # learn gave the base back
     assert isinstance(ask("m", "Who founded Fjordlight Instruments?", base=base), str)
     assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())  # ask gave it back too
+
+
+def test_the_memory_goes_beside_the_layer_the_config_names(method, base):
+    model = method.attach(base.model, config(layers=(0,)))
+    try:
+        assert [n for n, p in model.named_parameters() if p.requires_grad] == ["model.layers.0.mlp.memory.rows"]
+    finally:
+        method.detach(model)
+    with pytest.raises(ValueError, match="does not exist"):
+        method.attach(base.model, config(layers=(7,)))
+    with pytest.raises(ValueError, match="one layer for memory_layer"):
+        config(layers=(0, 1))

@@ -137,5 +137,5 @@ def test_lora_on_chosen_layers_only(base):
         assert adapted == {"1"}
     finally:
         METHODS["lora"].detach(model)
-    with pytest.raises(ValueError, match="lora method only"):
+    with pytest.raises(ValueError, match="layers: any set"):
         TrainConfig(method="full", layers=(0,))

@@ -42,5 +42,8 @@ def test_guard_knobs_reach_the_train_config():
     assert plane.Point("memory_layer", "sft", True, "cloze", None, rows=99).train_config().memory_trainable_rows == 99
     assert plane.Point("lora", "sft", True, "facts", None, mlp=1).train_config().target_modules == plane.MLP_PROJECTIONS
     assert plane.Point("lora", "sft", True, "facts", None).train_config().target_modules == ()
+    assert plane._parse("lora-sft-guard-facts-all-ly3-an100").train_config().layers == (0, 1, 2)
+    assert plane._parse("lora-sft-guard-facts-all-ly3-an100").train_config().anchor == 100
+    assert plane._parse("memory_layer-sft-guard-facts-all-at4").train_config().layers == (4,)
     with pytest.raises(SystemExit):
         plane._parse("lora-sft-guard-cloze-all-xx3")

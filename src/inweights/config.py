@@ -112,7 +112,8 @@ class TrainConfig:
     found by architecture, every linear layer inside the decoder layers (attention and MLP, not the embedding or
     the output head) of whatever family the base is."""
     layers: tuple[int, ...] = ()
-    """LoRA only: the decoder layers (0 = nearest the input) that get an update; empty: every layer."""
+    """The decoder layers (0 = nearest the input) that get the memory. lora: any set, empty for every layer;
+    memory_layer: one layer, empty for the middle one; not for the other methods."""
     tinylora_u: int = 64
     """tinylora: trainable numbers per adapted layer."""
     prefix_tokens: int = 128
@@ -185,8 +186,11 @@ class TrainConfig:
             raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
         if self.rehearsal < 0:
             raise ValueError("rehearsal must be >= 0")
-        if (self.layers or self.anchor) and self.method != "lora":
-            raise ValueError("layers and anchor apply to the lora method only")
+        if self.anchor and self.method != "lora":
+            raise ValueError("anchor applies to the lora method only")
+        if self.layers and (self.method not in ("lora", "memory_layer") or
+                            (self.method == "memory_layer" and len(self.layers) > 1)):
+            raise ValueError("layers: any set for the lora method, one layer for memory_layer, none for the others")
         if self.anchor < 0 or any(i < 0 for i in self.layers):
             raise ValueError("anchor and the layer numbers must be >= 0")
         if self.anchor and self.replay_fraction == 0:

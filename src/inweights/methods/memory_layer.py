@@ -2,7 +2,7 @@
 learning via sparse memory finetuning"): a large key-value memory beside one mid-depth MLP, of which only the
 rows the new data reads most specifically are trained.
 
-The MLP of decoder layer `num_layers // 2` returns `mlp(x) + memory(x)`. memory(x): a frozen random projection
+The MLP of decoder layer `num_layers // 2` (or the one `TrainConfig.layers` names) returns `mlp(x) + memory(x)`. memory(x): a frozen random projection
 of x to a query whose two halves are compared (cosine) with two sets of sqrt(slots) frozen random sub-keys;
 the `topk` best sums give the rows read, mixed by a softmax of their scores (product keys: exact top-k over all
 slots for 2 x sqrt(slots) comparisons, where a flat lookup over 65k keys costs ~10x the MLP; a prime number of
@@ -183,7 +183,11 @@ class MemoryLayer:
         memory = SparseMemory(model.config.get_text_config().hidden_size, config.memory_slots, config.memory_topk,
                               config.memory_trainable_rows, config.seed)
         flags = [(p, p.requires_grad) for p in model.parameters()]
-        _install(model, len(model.get_decoder().layers) // 2, memory).base_flags = flags
+        count = len(model.get_decoder().layers)
+        layer = config.layers[0] if config.layers else count // 2
+        if layer >= count:
+            raise ValueError(f"layer {layer} does not exist: the model has {count} decoder layers")
+        _install(model, layer, memory).base_flags = flags
         model.requires_grad_(False)
         memory.rows.requires_grad_(True)
         return model
