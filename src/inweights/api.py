@@ -131,7 +131,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
             examples, held_out = hold_out_wordings(examples, config.train.holdout, seed=config.train.seed)
         per_fact = items_per_fact(examples)
         train_config = resolve_train(config.train, len(examples), per_fact)
-        replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions)
+        replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions, progress)
         timings["replay_s"] = time.perf_counter() - t
         t = time.perf_counter()
         tokenizer = base.tokenizer
@@ -238,11 +238,12 @@ def _lineage(parent: MemoryVersion | None, records: list[dict], mode: str) -> di
 
 
 def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, cache: ExampleCache,
-                exclude_questions) -> tuple[list, list]:
+                exclude_questions, progress: bool = True) -> tuple[list, list]:
     """The forgetting guard's replay rows and the QA warm-up rows, as the train config asks."""
     replay_cache = workspace.cache_dir("replay")
     general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
-    texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed)
+    texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed,
+                         progress=progress)
     replay = (replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
               if train_config.replay_fraction > 0 else [])
     warmup = []
@@ -339,7 +340,7 @@ def _train_update(parent: MemoryVersion, records: list[dict], memory: str, confi
     if len(items) > len(current):
         _say(progress, f"note: this change reaches most of the memory, so the update trains more rows ({len(items)}) "
                        f"than learning from scratch would ({len(current)}); `learn` without --update may be faster")
-    replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions)
+    replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions, progress)
     timings["targets_s"] = time.perf_counter() - t
     resolved = replace(config, train=train_config)
     run_key = _digest([mode, parent.ref, resolved.to_dict(), base.fingerprint, [len(row[0]) for row in items],

@@ -6,6 +6,7 @@ import copy
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 
 @torch.no_grad()
@@ -21,6 +22,7 @@ def generate(
     top_p: float = 0.95,
     seed: int | None = None,
     prefix: str | None = None,
+    progress: str | None = None,
 ) -> list[str]:
     """Continue each prompt (`prefix + prompt` when a shared prefix is given); returns only the new text, stripped.
 
@@ -28,7 +30,7 @@ def generate(
     the output order matches the input order. A shared `prefix` (a passage and instructions that many prompts
     start with) is run through the model once and its KV cache reused by every row: on a CPU the prefill of a
     300-token passage per row would otherwise dominate. Sampling uses a top-k cut first: sorting all 262k
-    logits for top-p is slow.
+    logits for top-p is slow. `progress`, when given, labels a progress bar over the batches.
     """
     if not prompts:
         return []
@@ -44,7 +46,7 @@ def generate(
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     device = next(model.parameters()).device
     prefix_cache = _prefill(model, prefix_ids, device) if prefix_ids else None
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc=progress, unit="batch", disable=progress is None):
         rows = order[start : start + batch_size]
         width = max(len(encoded[i]) for i in rows)
         pad = tokenizer.pad_token_id

@@ -33,8 +33,9 @@ _SEEDS = [
 
 
 def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
-                 batch_size: int = 32) -> list[str]:
-    """`n` general-text samples of the base model (cached by base fingerprint, n, seed and length)."""
+                 batch_size: int = 32, progress: bool = True) -> list[str]:
+    """`n` general-text samples of the base model (cached by base fingerprint, n, seed and length). Writing
+    them takes about 1.3 s a sample on 2 CPU cores with the embedded model, once per base and n."""
     if n <= 0:
         return []
     key = hashlib.sha256(json.dumps([base.fingerprint, n, seed, max_new_tokens, _SEEDS]).encode()).hexdigest()
@@ -47,7 +48,8 @@ def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: i
     prompts = [_SEEDS[i % len(_SEEDS)] for i in range(n)]
     outputs = generate(base.model, base.tokenizer, prompts, max_new_tokens=max_new_tokens,
                        stop_token_ids=[base.tokenizer.eos_token_id], batch_size=batch_size, temperature=1.0,
-                       top_k=50, top_p=1.0, seed=seed)
+                       top_k=50, top_p=1.0, seed=seed,
+                       progress="guard text" if progress else None)
     texts = [f"{p} {o}".strip() for p, o in zip(prompts, outputs) if o.strip()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
