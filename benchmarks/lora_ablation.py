@@ -50,7 +50,7 @@ def memory_version(name: str, train_fields: dict, base, workspace: Workspace, do
     config = LearnConfig(base=DEFAULT_BASE, synth=SynthConfig(), train=TrainConfig(**train_fields))
     with tempfile.TemporaryDirectory() as folder:
         for doc, text in documents.items():
-            (Path(folder) / f"{doc}.txt").write_text(text)
+            (Path(folder) / f"{doc}.txt").write_text(text, encoding="utf-8")
         start = time.perf_counter()
         version = learn([folder], name, config, base=base, workspace=workspace,
                         exclude_questions=[q.question for q in questions], progress=False)
