@@ -22,6 +22,9 @@ import torch
 from inweights.generate import generate
 from inweights.objectives import cached_targets
 
+SHIPPED = Path(__file__).parent / "data" / "guard"
+"""Guard texts shipped with the package, named like the cache's files (see `replay_texts`)."""
+
 _SEEDS = [
     "The history of", "In mathematics,", "Scientists have found that", "The recipe calls for", "In 1850,",
     "The city is known for", "A good way to learn", "The river flows", "According to the report,",
@@ -35,16 +38,21 @@ _SEEDS = [
 def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
                  batch_size: int = 32, progress: bool = True) -> list[str]:
     """`n` general-text samples of the base model (cached by base fingerprint, n, seed and length). Writing
-    them takes about 1.3 s a sample on 2 CPU cores with the embedded model, once per base and n."""
+    them takes about 1.3 s a sample on 2 CPU cores with the embedded model, once per base and n; the package
+    ships the default 1,024 of the embedded model (`data/guard/`), written by this function, so that a fresh
+    machine skips those 22 minutes whenever its converted model has the same fingerprint."""
     if n <= 0:
         return []
     key = hashlib.sha256(json.dumps([base.fingerprint, n, seed, max_new_tokens, _SEEDS]).encode()).hexdigest()
+    for path in (Path(cache_dir) / f"{key}.json", SHIPPED / f"{key}.json"):
+        if path.is_file():
+            try:
+                data = json.loads(path.read_text())
+                if data["base"] == base.fingerprint:
+                    return data["texts"]
+            except (ValueError, KeyError):
+                pass
     path = Path(cache_dir) / f"{key}.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text())["texts"]
-        except (ValueError, KeyError):
-            pass
     prompts = [_SEEDS[i % len(_SEEDS)] for i in range(n)]
     outputs = generate(base.model, base.tokenizer, prompts, max_new_tokens=max_new_tokens,
                        stop_token_ids=[base.tokenizer.eos_token_id], batch_size=batch_size, temperature=1.0,
