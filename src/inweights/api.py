@@ -244,7 +244,7 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
     general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
     texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed,
                          progress=progress)
-    replay = (replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len)
+    replay = (replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len, progress=progress)
               if train_config.replay_fraction > 0 else [])
     warmup = []
     if train_config.warmup_fraction > 0:

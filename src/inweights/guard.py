@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from inweights.generate import generate
 from inweights.objectives import cached_targets
@@ -68,9 +69,10 @@ def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: i
 
 @torch.no_grad()
 def replay_targets(base, texts: list[str], cache_dir: Path, max_len: int = 64, top_k: int = 32,
-                   batch_size: int = 8) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
+                   batch_size: int = 8, progress: bool = False) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
     """For each text: its token ids (BOS first, at most max_len) and the base model's top-k next-token ids and
-    log-probabilities at every position but the last. Cached by base fingerprint and the texts."""
+    log-probabilities at every position but the last. Cached by base fingerprint and the texts. Computing them
+    for the default 1,024 texts takes minutes on a CPU (a progress bar with `progress`)."""
     if not texts:
         return []
     key = hashlib.sha256(json.dumps([base.fingerprint, texts, max_len, top_k]).encode()).hexdigest()
@@ -83,7 +85,7 @@ def replay_targets(base, texts: list[str], cache_dir: Path, max_len: int = 64, t
 
     def compute():
         out = []
-        for start in range(0, len(rows), batch_size):
+        for start in tqdm(range(0, len(rows), batch_size), desc="guard targets", unit="batch", disable=not progress):
             batch = rows[start : start + batch_size]
             width = max(len(r) for r in batch)
             ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in batch], device=device)
