@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from types import SimpleNamespace
 
@@ -15,13 +14,13 @@ EMBEDDED_FINGERPRINT = "sha256:cf4e538230192cf987f7ff033d906fd151bbfef797688e662
 """The fingerprint of the embedded gemma-3-270m as converted from its GGUF (checked again on a fresh conversion)."""
 
 
-def _key(fingerprint: str, n: int, seed: int = 0, max_new_tokens: int = 64) -> str:
-    return hashlib.sha256(json.dumps([fingerprint, n, seed, max_new_tokens, guard._SEEDS]).encode()).hexdigest()
+def _name(fingerprint: str, n: int, seed: int = 0) -> str:
+    return guard.texts_file_name(fingerprint, n, seed, max_new_tokens=64)
 
 
 def test_the_default_guard_text_of_the_embedded_model_ships_with_the_package():
     config = TrainConfig()
-    path = guard.SHIPPED / f"{_key(EMBEDDED_FINGERPRINT, config.replay_sequences, config.seed)}.json"
+    path = guard.SHIPPED / _name(EMBEDDED_FINGERPRINT, config.replay_sequences, config.seed)
     assert path.is_file(), "the shipped guard text no longer matches the default (replay_sequences, seed, _SEEDS)"
     data = json.loads(path.read_text())
     assert data["base"] == EMBEDDED_FINGERPRINT
@@ -33,9 +32,9 @@ def test_shipped_texts_are_used_only_for_their_own_base(tmp_path, monkeypatch):
     shipped = tmp_path / "shipped"
     shipped.mkdir()
     monkeypatch.setattr(guard, "SHIPPED", shipped)
-    (shipped / f"{_key('sha256:abc', 3)}.json").write_text(json.dumps({"base": "sha256:abc", "texts": ["a", "b"]}))
+    (shipped / _name('sha256:abc', 3)).write_text(json.dumps({"base": "sha256:abc", "texts": ["a", "b"]}))
     # a file under another base's name (a renamed or stale file) is not trusted
-    (shipped / f"{_key('sha256:xyz', 3)}.json").write_text(json.dumps({"base": "sha256:abc", "texts": ["c"]}))
+    (shipped / _name('sha256:xyz', 3)).write_text(json.dumps({"base": "sha256:abc", "texts": ["c"]}))
     assert guard.replay_texts(SimpleNamespace(fingerprint="sha256:abc"), 3, tmp_path / "cache") == ["a", "b"]
     with pytest.raises(AttributeError):  # not shipped: falls through to writing them with the (absent) model
         guard.replay_texts(SimpleNamespace(fingerprint="sha256:xyz"), 3, tmp_path / "cache")

@@ -36,6 +36,11 @@ _SEEDS = [
 ]
 
 
+def texts_file_name(fingerprint: str, n: int, seed: int, max_new_tokens: int) -> str:
+    """The file (in the cache, or shipped) that holds `replay_texts`' samples for these settings."""
+    return hashlib.sha256(json.dumps([fingerprint, n, seed, max_new_tokens, _SEEDS]).encode()).hexdigest() + ".json"
+
+
 def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
                  batch_size: int = 32, progress: bool = True) -> list[str]:
     """`n` general-text samples of the base model (cached by base fingerprint, n, seed and length). Writing
@@ -44,16 +49,15 @@ def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: i
     machine skips those 22 minutes whenever its converted model has the same fingerprint."""
     if n <= 0:
         return []
-    key = hashlib.sha256(json.dumps([base.fingerprint, n, seed, max_new_tokens, _SEEDS]).encode()).hexdigest()
-    for path in (Path(cache_dir) / f"{key}.json", SHIPPED / f"{key}.json"):
-        if path.is_file():
+    path = Path(cache_dir) / texts_file_name(base.fingerprint, n, seed, max_new_tokens)
+    for found in (path, SHIPPED / path.name):
+        if found.is_file():
             try:
-                data = json.loads(path.read_text())
+                data = json.loads(found.read_text())
                 if data["base"] == base.fingerprint:
                     return data["texts"]
             except (ValueError, KeyError):
                 pass
-    path = Path(cache_dir) / f"{key}.json"
     prompts = [_SEEDS[i % len(_SEEDS)] for i in range(n)]
     outputs = generate(base.model, base.tokenizer, prompts, max_new_tokens=max_new_tokens,
                        stop_token_ids=[base.tokenizer.eos_token_id], batch_size=batch_size, temperature=1.0,
