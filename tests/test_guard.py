@@ -47,3 +47,66 @@ def test_written_texts_are_cached_and_read_back(tiny_model_dir, tmp_path):
     first = guard.replay_texts(tiny_base, 4, tmp_path, max_new_tokens=8, progress=False)
     assert first and len(list(tmp_path.glob("*.json"))) == 1
     assert guard.replay_texts(tiny_base, 4, tmp_path, max_new_tokens=8, progress=False) == first
+
+
+TEXTS = [f"{seed} the river flows past the old mill and the village of number {i} in the valley below."
+         for i, seed in enumerate(["The history of", "In mathematics,", "Farmers", "The film", "Music has", "Water is"])]
+
+
+def _forward_rows(base):
+    """Counts the rows that go through the base model's backbone."""
+    seen = []
+    base.model.model.register_forward_hook(lambda module, args, kwargs, out: seen.append(kwargs["input_ids"].shape[0]),
+                                           with_kwargs=True)
+    return seen
+
+
+def test_targets_are_computed_only_for_needed_rows_and_cached_row_by_row(tiny_model_dir, tmp_path):
+    import torch
+
+    from inweights.models import load_base
+
+    base = load_base(str(tiny_model_dir), dtype="float32", device="cpu")
+    full = guard.replay_targets(base, TEXTS, tmp_path / "all", top_k=4)
+    assert len(full) == len(TEXTS) and all(ids is not None for _, ids, _ in full)
+    # The reference: log-softmax over the whole vocabulary of the model's own logits, top k.
+    row = full[2][0]
+    reference = torch.log_softmax(base.model(input_ids=torch.tensor([row])).logits[0, :-1].float(), -1).topk(4, -1)
+    assert torch.equal(full[2][1], reference.indices)
+    torch.testing.assert_close(full[2][2], reference.values, rtol=0, atol=1e-5)
+
+    seen = _forward_rows(base)
+    lazy = guard.replay_targets(base, TEXTS, tmp_path / "lazy", top_k=4, needed={0, 3})
+    assert [ids is not None for _, ids, _ in lazy] == [True, False, False, True, False, False]
+    assert sum(seen) == 2
+    more = guard.replay_targets(base, TEXTS, tmp_path / "lazy", top_k=4, needed=[3, 4])
+    assert sum(seen) == 3  # row 3 came from the cache; only row 4 was computed
+    assert [ids is not None for _, ids, _ in more] == [False, False, False, True, True, False]
+    for i in (0, 3, 4):
+        got = (lazy if i == 0 else more)[i]
+        assert got[0] == full[i][0] and torch.equal(got[1], full[i][1])
+        torch.testing.assert_close(got[2], full[i][2], rtol=0, atol=1e-6)
+
+
+def test_learn_computes_guard_targets_only_for_the_rows_it_draws(tmp_path, workspace, tiny_model_dir):
+    """The run draws a fraction of the guard's rows; the others never get targets, and training (which refuses a
+    drawn row without targets) still runs: `replay_drawn` names every row the run draws."""
+    from inweights import LearnConfig, SynthConfig, learn
+    from inweights.models import load_base
+    from inweights.train import train
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("Fjordlight Instruments was founded by Ingrid Vassbotn in 2011. "
+                               "The Oslo office opened in March 2019.\n")
+    base = load_base(str(tiny_model_dir), dtype="float32", device="cpu")
+    config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("facts",), views=False),
+                         train=TrainConfig(epochs=1, replay_sequences=48, batch_tokens=512))
+    synthetic = learn([docs], "acme", config, base=base, progress=False).manifest["synthetic"]
+    assert 0 < synthetic["replay_drawn"] < synthetic["replay_sequences"]
+
+    rows = [(list(range(2, 12)), [-100] * 9 + [5]) for _ in range(8)]
+    replay = [(list(range(2, 20)), None, None)] * 8
+    with pytest.raises(ValueError, match="no targets"):
+        train(base.model, base.tokenizer, rows, len(rows), TrainConfig(epochs=1, replay_fraction=0.5),
+              tmp_path / "run", progress=False, replay=replay)

@@ -69,3 +69,16 @@ def test_cli_exits_2_with_the_plan_and_a_hint(tmp_path, workspace, tiny_model_di
     captured = capsys.readouterr()
     assert code == 2 and "plan:" in captured.out
     assert captured.err.startswith("error: this would take about") and "--yes" in captured.err
+
+
+def test_the_plan_counts_the_guards_one_time_work():
+    from inweights.guard import TARGET_SECONDS, TEXT_SECONDS
+    from inweights.plan import guard_seconds
+
+    train = TrainConfig(replay_sequences=1024, replay_fraction=0.2, epochs=3)
+    assert guard_seconds(train, 700, True, 1024) == 0.0  # written and every row cached
+    drawn = guard_seconds(train, 700, True, 0) / TARGET_SECONDS
+    assert 400 < drawn < 450  # 525 draws with replacement from 1,024 rows: about 410 distinct
+    assert guard_seconds(train, 700, True, 512) == pytest.approx(drawn * TARGET_SECONDS / 2)
+    assert guard_seconds(train, 700, False, 0) == pytest.approx(1024 * TEXT_SECONDS + drawn * TARGET_SECONDS)
+    assert guard_seconds(TrainConfig(replay_fraction=0.0), 700, False, 0) == 0.0

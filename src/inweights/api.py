@@ -26,7 +26,7 @@ from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import chunk_documents, load_corpus
 from inweights.errors import InweightsError
 from inweights.generate import generate
-from inweights.guard import replay_targets, replay_texts
+from inweights.guard import cached_rows, cached_texts, replay_rows, replay_targets, replay_texts
 from inweights.methods import METHODS
 from inweights.models import Base, load_base, resolve_device, resolve_dtype
 from inweights.store import MANIFEST, MemoryVersion, Workspace, validate_name, write_atomic
@@ -36,7 +36,7 @@ from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_
 from inweights.synth.teacher import make_teacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
-from inweights.train import train
+from inweights.train import replay_drawn, train
 from inweights.update import (base_rows, can_update, chunk_records_of, contrast, delta, document_records,
                               parent_examples, unlikely_rows)
 from inweights.warmup import warmup_examples
@@ -108,7 +108,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
     _say(progress if show_plan is None else show_plan, plan.render())
     if plan.seconds > CONFIRM_ABOVE_S and not yes:
         fewer = (f"learn fewer synthetic tokens with --budget N (for example --budget {_budget_for_an_hour(plan)})"
-                 if plan.synth_seconds < 0.9 * CONFIRM_ABOVE_S else "learn fewer documents at a time")
+                 if plan.synth_seconds + plan.guard_seconds < 0.9 * CONFIRM_ABOVE_S else "learn fewer documents at a time")
         raise InweightsError(f"this would take about {duration(plan.seconds)} on this machine. To go "
                              f"ahead, run the same command with --yes; to make it shorter, {fewer}.")
 
@@ -131,9 +131,6 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
             examples, held_out = hold_out_wordings(examples, config.train.holdout, seed=config.train.seed)
         per_fact = items_per_fact(examples)
         train_config = resolve_train(config.train, len(examples), per_fact)
-        replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions, progress)
-        timings["replay_s"] = time.perf_counter() - t
-        t = time.perf_counter()
         tokenizer = base.tokenizer
         if train_config.objective == "distill":
             items = distill_rows(base, examples, {c.sha256: c.text for c in chunks}, train_config.max_seq_len,
@@ -142,6 +139,10 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
             items = sft_rows(tokenizer, examples, train_config.max_seq_len, base.newline_id)
         validation = sft_rows(tokenizer, held_out, train_config.max_seq_len, base.newline_id) if held_out else []
         timings["targets_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions, items,
+                                     len(examples), progress)
+        timings["replay_s"] = time.perf_counter() - t
 
     resolved = replace(config, train=train_config)
     run_key = _digest([resolved.to_dict(), base.fingerprint, [(e.prompt, e.completion) for e in examples]])
@@ -150,6 +151,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
     def describe(result) -> dict:
         return _manifest(memory, base, resolved, records, result, timings, t, t_start, _lineage(parent, records, "full"),
                          {"examples": len(examples), "pool": pool, "replay_sequences": len(replay),
+                          "replay_drawn": sum(1 for row in replay if row[1] is not None),
                           "warmup_examples": len(warmup), "held_out_wordings": len(held_out),
                           "items_per_fact": per_fact, "tokens": sum(len(row[0]) for row in items),
                           "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
@@ -238,18 +240,25 @@ def _lineage(parent: MemoryVersion | None, records: list[dict], mode: str) -> di
 
 
 def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, cache: ExampleCache,
-                exclude_questions, progress: bool = True) -> tuple[list, list]:
-    """The forgetting guard's replay rows and the QA warm-up rows, as the train config asks."""
+                exclude_questions, items, n_examples: int, progress: bool = True) -> tuple[list, list]:
+    """The forgetting guard's replay rows and the QA warm-up rows, as the train config asks, for a `train` run
+    on `items` (the first `n_examples` of them setting the epoch size). The base model's targets are computed
+    only for the replay rows that run draws (the others carry None)."""
     replay_cache = workspace.cache_dir("replay")
     general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
     texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed,
                          progress=progress)
-    replay = (replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len, progress=progress)
-              if train_config.replay_fraction > 0 else [])
     warmup = []
     if train_config.warmup_fraction > 0:
         warm = warmup_examples(texts, synth_config, cache, exclude_questions)
         warmup = sft_rows(base.tokenizer, warm, train_config.max_seq_len, base.newline_id)
+    replay = []
+    if train_config.replay_fraction > 0:
+        rows = replay_rows(base.tokenizer, texts, train_config.max_seq_len)
+        needed = replay_drawn([len(row[0]) for row in items], n_examples, [len(r) for r in rows],
+                              [len(row[0]) for row in warmup], train_config)
+        replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len, progress=progress,
+                                needed=needed)
     return replay, warmup
 
 
@@ -340,7 +349,8 @@ def _train_update(parent: MemoryVersion, records: list[dict], memory: str, confi
     if len(items) > len(current):
         _say(progress, f"note: this change reaches most of the memory, so the update trains more rows ({len(items)}) "
                        f"than learning from scratch would ({len(current)}); `learn` without --update may be faster")
-    replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions, progress)
+    replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions, items,
+                                 len(items), progress)
     timings["targets_s"] = time.perf_counter() - t
     resolved = replace(config, train=train_config)
     run_key = _digest([mode, parent.ref, resolved.to_dict(), base.fingerprint, [len(row[0]) for row in items],
@@ -354,6 +364,7 @@ def _train_update(parent: MemoryVersion, records: list[dict], memory: str, confi
                                       "unlikely_rows": len(unlikely), "removed_facts": len(removed),
                                       "parent_chunks_missing_from_cache": missing_old_chunks,
                                       "replay_sequences": len(replay), "warmup_examples": len(warmup),
+                                      "replay_drawn": sum(1 for row in replay if row[1] is not None),
                                       "tokens": sum(len(row[0]) for row in items)})
 
     version, result = train_and_publish(base, train_config, items, len(items), workspace, memory, run_key, describe,
@@ -509,13 +520,16 @@ def _plan(documents, chunks, config: LearnConfig, base: Base, workspace: Workspa
     if probe is not None:
         sampled = sample_chunks(chunks, seed=config.train.seed)
         sample = (synthesize(sampled, None, probe, ReadOnlyCache(cache), progress=False)[0], sampled)
-    return make_plan(documents, chunks, config, base.tokenizer, base.fingerprint, workspace, sample)
+    train, replay_cache = config.train, workspace.cache_dir("replay")
+    texts = cached_texts(base, train.replay_sequences, replay_cache, seed=train.seed)
+    guard = (texts is not None, cached_rows(base, texts, replay_cache, train.max_seq_len) if texts else 0)
+    return make_plan(documents, chunks, config, base.tokenizer, base.fingerprint, workspace, sample, guard)
 
 
 def _budget_for_an_hour(plan: Plan) -> int:
     """A --budget that brings the plan's training under the confirmation threshold (two significant digits)."""
     per_token = plan.train_seconds / max(plan.synthetic_tokens, 1)
-    budget = max(1000, int(0.9 * (CONFIRM_ABOVE_S - plan.synth_seconds) / max(per_token, 1e-9)))
+    budget = max(1000, int((0.9 * CONFIRM_ABOVE_S - plan.synth_seconds - plan.guard_seconds) / max(per_token, 1e-9)))
     magnitude = 10 ** max(len(str(budget)) - 2, 0)
     return budget // magnitude * magnitude
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from inweights.generate import generate
-from inweights.objectives import cached_targets
+from inweights.train import lm_parts
 
 SHIPPED = Path(__file__).parent / "data" / "guard"
 """Guard texts shipped with the package, named like the cache's files (see `replay_texts`)."""
@@ -36,9 +39,30 @@ _SEEDS = [
 ]
 
 
+def cached_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64) -> list[str] | None:
+    """`replay_texts`' samples when the cache or the package already holds them for this base, else None."""
+    name = texts_file_name(base.fingerprint, n, seed, max_new_tokens)
+    for found in (Path(cache_dir) / name, SHIPPED / name):
+        if found.is_file():
+            try:
+                data = json.loads(found.read_text())
+                if data["base"] == base.fingerprint:
+                    return data["texts"]
+            except (ValueError, KeyError):
+                pass
+    return None
+
+
 def texts_file_name(fingerprint: str, n: int, seed: int, max_new_tokens: int) -> str:
     """The file (in the cache, or shipped) that holds `replay_texts`' samples for these settings."""
     return hashlib.sha256(json.dumps([fingerprint, n, seed, max_new_tokens, _SEEDS]).encode()).hexdigest() + ".json"
+
+
+TEXT_SECONDS = 1.3
+"""Seconds to write one general-text sample with the embedded model on 2 CPU cores (the plan's estimate)."""
+TARGET_SECONDS = 1.6
+"""Seconds to compute one row's targets with the embedded model on 2 shared CPU cores (1.6 to 1.7 measured by
+benchmarks/guard_targets.py and the handbook demo's first run; the plan's estimate)."""
 
 
 def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
@@ -49,15 +73,10 @@ def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: i
     machine skips those 22 minutes whenever its converted model has the same fingerprint."""
     if n <= 0:
         return []
+    found = cached_texts(base, n, cache_dir, seed, max_new_tokens)
+    if found is not None:
+        return found
     path = Path(cache_dir) / texts_file_name(base.fingerprint, n, seed, max_new_tokens)
-    for found in (path, SHIPPED / path.name):
-        if found.is_file():
-            try:
-                data = json.loads(found.read_text())
-                if data["base"] == base.fingerprint:
-                    return data["texts"]
-            except (ValueError, KeyError):
-                pass
     prompts = [_SEEDS[i % len(_SEEDS)] for i in range(n)]
     outputs = generate(base.model, base.tokenizer, prompts, max_new_tokens=max_new_tokens,
                        stop_token_ids=[base.tokenizer.eos_token_id], batch_size=batch_size, temperature=1.0,
@@ -71,33 +90,72 @@ def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: i
     return texts
 
 
+def replay_rows(tokenizer, texts: list[str], max_len: int = 64) -> list[list[int]]:
+    """The guard's rows: each text's token ids, BOS first, at most max_len (texts of 8 tokens or fewer are dropped)."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    rows = [bos + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    return [r[:max_len] for r in rows if len(r) > 8]
+
+
 @torch.no_grad()
 def replay_targets(base, texts: list[str], cache_dir: Path, max_len: int = 64, top_k: int = 32,
-                   batch_size: int = 8, progress: bool = False) -> list[tuple[list[int], torch.Tensor, torch.Tensor]]:
-    """For each text: its token ids (BOS first, at most max_len) and the base model's top-k next-token ids and
-    log-probabilities at every position but the last. Cached by base fingerprint and the texts. Computing them
-    for the default 1,024 texts takes minutes on a CPU (a progress bar with `progress`)."""
+                   batch_size: int = 8, progress: bool = False, needed: Iterable[int] | None = None
+                   ) -> list[tuple[list[int], torch.Tensor | None, torch.Tensor | None]]:
+    """For each of `replay_rows(texts)`: its token ids and the base model's top-k next-token ids and
+    log-probabilities at every position but the last; with `needed` (row indices), only those rows get targets
+    and the others carry None (a training run draws a few hundred of the 1,024 rows: `train.replay_drawn`).
+
+    Targets are cached by base fingerprint and the texts, row by row: a later run computes only the rows it
+    needs that no earlier run did. They cost about 1.5 s per row on 2 CPU cores with the embedded model
+    (the 262k-token output head at 63 positions; a progress bar with `progress`)."""
     if not texts:
         return []
-    key = hashlib.sha256(json.dumps([base.fingerprint, texts, max_len, top_k]).encode()).hexdigest()
-    path = Path(cache_dir) / f"{key}.targets.safetensors"
-    tok = base.tokenizer
-    rows = [([tok.bos_token_id] if tok.bos_token_id is not None else []) + tok(t, add_special_tokens=False)["input_ids"]
-            for t in texts]
-    rows = [r[:max_len] for r in rows if len(r) > 8]
-    device = next(base.model.parameters()).device
-
-    def compute():
-        out = []
-        for start in tqdm(range(0, len(rows), batch_size), desc="guard targets", unit="batch", disable=not progress):
-            batch = rows[start : start + batch_size]
+    path = _targets_path(base, texts, cache_dir, max_len, top_k)
+    rows = replay_rows(base.tokenizer, texts, max_len)
+    wanted = sorted(set(range(len(rows)) if needed is None else needed))
+    saved = _load(path)
+    todo = [i for i in wanted if f"ids{i}" not in saved or f"logprobs{i}" not in saved]
+    if todo:
+        backbone, logits_at = lm_parts(base.model)
+        device = next(base.model.parameters()).device
+        pad = base.tokenizer.pad_token_id
+        for start in tqdm(range(0, len(todo), batch_size), desc="guard targets", unit="batch", disable=not progress):
+            batch = [rows[i] for i in todo[start : start + batch_size]]
             width = max(len(r) for r in batch)
-            ids = torch.tensor([r + [tok.pad_token_id] * (width - len(r)) for r in batch], device=device)
+            ids = torch.tensor([r + [pad] * (width - len(r)) for r in batch], device=device)
             mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
-            logprobs = torch.log_softmax(base.model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
-            values, indices = logprobs.topk(top_k, dim=-1)
-            out.extend((indices[b, : len(r) - 1].cpu(), values[b, : len(r) - 1].cpu()) for b, r in enumerate(batch))
-        return out
+            hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+            for i, r, h in zip(todo[start : start + batch_size], batch, hidden):
+                logits = logits_at(h[: len(r) - 1])  # the output head only where there is a next token
+                values, indices = logits.topk(top_k, dim=-1)
+                saved[f"ids{i}"] = indices.cpu().contiguous()
+                saved[f"logprobs{i}"] = (values - logits.logsumexp(-1, keepdim=True)).cpu().contiguous()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        save_file(saved, tmp)
+        os.replace(tmp, path)
+    keep = set(wanted)
+    return [(r, saved[f"ids{i}"], saved[f"logprobs{i}"]) if i in keep else (r, None, None) for i, r in enumerate(rows)]
 
-    targets = cached_targets(path, len(rows), compute)
-    return [(r, ids, values) for r, (ids, values) in zip(rows, targets)]
+
+def cached_rows(base, texts: list[str], cache_dir: Path, max_len: int = 64, top_k: int = 32) -> int:
+    """How many of the texts' rows already have cached targets."""
+    path = _targets_path(base, texts, cache_dir, max_len, top_k)
+    try:
+        with safe_open(path, "pt") as f:
+            return sum(1 for k in f.keys() if k.startswith("ids"))
+    except (OSError, ValueError, RuntimeError):
+        return 0
+
+
+def _targets_path(base, texts: list[str], cache_dir: Path, max_len: int, top_k: int) -> Path:
+    key = hashlib.sha256(json.dumps([base.fingerprint, texts, max_len, top_k]).encode()).hexdigest()
+    return Path(cache_dir) / f"{key}.targets.safetensors"
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    """The cached targets so far (empty when there are none or the file is damaged)."""
+    try:
+        return dict(load_file(path)) if path.is_file() else {}
+    except (OSError, ValueError, RuntimeError):
+        return {}

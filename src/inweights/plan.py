@@ -7,7 +7,10 @@ Estimates come from measurements, not guesses:
   are scaled to the whole corpus; teacher strategies use
   their module's `TOKENS_PER_WORD`, measured on the demo and SQuAD;
 - training speed: the tokens/s of the newest memory trained here on the same base with the same method (every
-  manifest records it), else the method's rate measured on gemma-3-270m on the 2-core CPU of this project.
+  manifest records it), else the method's rate measured on gemma-3-270m on the 2-core CPU of this project;
+- the forgetting guard's one-time work (its general text unless written or shipped, and the base model's targets
+  for the rows the run is expected to draw that no earlier run cached): its per-sample and per-row seconds on
+  that CPU (guard.py), scaled by how much faster than there training runs here.
 """
 
 from __future__ import annotations
@@ -43,23 +46,28 @@ class Plan:
     speed_source: str
     synth_seconds: float
     train_seconds: float
+    guard_seconds: float = 0.0
+    """Writing the forgetting guard's general text and its targets for the rows the run draws, where not cached."""
 
     @property
     def seconds(self) -> float:
-        return self.synth_seconds + self.train_seconds
+        return self.synth_seconds + self.train_seconds + self.guard_seconds
 
     def render(self) -> str:
         return (f"plan: {self.documents:,} documents, {self.words:,} words, {self.chunks:,} chunks -> about "
                 f"{self.synthetic_tokens:,} synthetic tokens ({self.examples:,} examples), {self.epochs} epochs = "
                 f"{self.train_tokens:,} training tokens\n"
                 f"      estimated time: synthesis {duration(self.synth_seconds)}, training "
-                f"{duration(self.train_seconds)} at {self.tokens_per_s:.0f} tokens/s ({self.speed_source})")
+                f"{duration(self.train_seconds)} at {self.tokens_per_s:.0f} tokens/s ({self.speed_source})"
+                + (f", forgetting guard {duration(self.guard_seconds)} (once per base model)"
+                   if self.guard_seconds >= 1 else ""))
 
 
 def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokenizer, fingerprint: str,
-              workspace, sample: Sequence | None = None) -> Plan:
+              workspace, sample: Sequence | None = None, guard_cache: tuple[bool, int] = (True, 0)) -> Plan:
     """The plan for learning `chunks` with `config`. `sample`: (examples, chunks) already synthesized by the
-    LLM-free strategies on a sample of the chunks (see `sample_chunks`)."""
+    LLM-free strategies on a sample of the chunks (see `sample_chunks`). `guard_cache`: whether the forgetting guard's
+    general text is already written (cached or shipped) and how many of its rows have cached targets."""
     from inweights.synth import STRATEGIES, items_per_fact, token_counter
 
     words = sum(len(d.text.split()) for d in documents)
@@ -91,7 +99,26 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
     speed, source = _measured_speed(workspace, fingerprint, train.method)
     return Plan(documents=len(documents), words=words, chunks=len(chunks), synthetic_tokens=int(tokens),
                 examples=int(examples), epochs=train.epochs, train_tokens=train_tokens, tokens_per_s=speed,
-                speed_source=source, synth_seconds=synth_seconds, train_seconds=train_tokens / speed)
+                speed_source=source, synth_seconds=synth_seconds, train_seconds=train_tokens / speed,
+                guard_seconds=guard_seconds(train, examples, *guard_cache)
+                * DEFAULT_TOKENS_PER_S.get(train.method, 100.0) / speed)  # as much faster as training is here
+
+
+def guard_seconds(train, examples: float, texts_written: bool, rows_cached: int) -> float:
+    """The forgetting guard's one-time work for a run of `examples` examples: its general text unless written,
+    and targets for the rows the run is expected to draw (draws with replacement) that are not cached yet."""
+    from inweights.guard import TARGET_SECONDS, TEXT_SECONDS
+
+    n = train.replay_sequences
+    if n <= 0 or (train.replay_fraction <= 0 and train.warmup_fraction <= 0):
+        return 0.0
+    seconds = 0.0 if texts_written else n * TEXT_SECONDS
+    if train.replay_fraction > 0:
+        shares = 1.0 - train.replay_fraction - train.warmup_fraction
+        draws = round(examples * train.replay_fraction / shares) * train.epochs
+        distinct = n * (1.0 - (1.0 - 1.0 / n) ** draws)
+        seconds += distinct * (1.0 - min(rows_cached, n) / n) * TARGET_SECONDS
+    return seconds
 
 
 class ReadOnlyCache:

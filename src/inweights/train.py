@@ -119,6 +119,24 @@ def plan_batches(lengths: Sequence[int], n_examples: int, n_replay: int, replay_
     return plan
 
 
+def run_plan(lengths: Sequence[int], n_examples: int, n_replay: int, n_warmup: int, config) -> list[list[int]]:
+    """The batches `train` runs for items of these lengths (examples and extra rows, then `n_replay` replay rows,
+    then `n_warmup` warm-up rows), cut at `config.max_steps`."""
+    plan = plan_batches(lengths, n_examples, n_replay, config.replay_fraction, config.epochs, config.batch_tokens,
+                        config.seed, n_warmup=n_warmup, warmup_fraction=config.warmup_fraction)
+    return plan[: config.max_steps] if config.max_steps else plan
+
+
+def replay_drawn(item_lengths: Sequence[int], n_examples: int, replay_lengths: Sequence[int],
+                 warmup_lengths: Sequence[int], config) -> set[int]:
+    """Which replay rows (indices into the replay list) a `train` run with rows of these lengths draws: the
+    forgetting guard needs the base model's targets for those rows only."""
+    lengths = [*item_lengths, *replay_lengths, *warmup_lengths]
+    first = len(item_lengths)
+    plan = run_plan(lengths, n_examples, first - n_examples + len(replay_lengths), len(warmup_lengths), config)
+    return {i - first for batch in plan for i in batch if first <= i < first + len(replay_lengths)}
+
+
 def lm_parts(model):
     """(the backbone, which gives the last hidden states, and `logits_at(hidden)`, the output head in float32 with
     the model's final logit soft-capping): logits computed only where they are needed, for training and scoring."""
@@ -237,9 +255,13 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     items += list(warmup)
     torch.manual_seed(config.seed)
     lengths = [len(item[0]) for item in items]
-    plan = plan_batches(lengths, n_examples, n_replay, config.replay_fraction, config.epochs, config.batch_tokens,
-                        config.seed, n_warmup=len(warmup), warmup_fraction=config.warmup_fraction)
-    total = min(len(plan), config.max_steps) if config.max_steps else len(plan)
+    plan = run_plan(lengths, n_examples, n_replay, len(warmup), config)
+    total = len(plan)
+    missing = sorted({i for batch in plan for i in batch
+                      if len(items[i]) > 2 and isinstance(items[i][2], tuple) and items[i][2][1] is None})
+    if missing:
+        raise ValueError(f"{len(missing)} replay rows that this run draws have no targets (items {missing[:5]}...); "
+                         "compute them with guard.replay_targets(..., needed=train.replay_drawn(...))")
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:
         raise ValueError("the model has no trainable parameters; attach a memory first")
