@@ -59,10 +59,12 @@ KNOBS = {
     "an": ("anchor", float, "train", "anchor", "the activation anchor's weight"),
     "ly": ("layers", int, "train", "layers", "LoRA on the first N decoder layers only"),
     "at": ("layer_at", int, "train", "layers", "the memory layer beside decoder layer N (default: the middle one)"),
+    "kt": ("kl_tail", int, "train", "kl_tail", "the guard's KL with a rest-of-vocabulary bucket (1) or over the "
+                                               "renormalised top k (0)"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
 # Knobs whose config value is not the number in the point's name: Point attribute -> the value from that number.
-TO_CONFIG = {"views": bool, "mlp": lambda on: MLP_PROJECTIONS if on else (), "layers": lambda n: tuple(range(n)),
+TO_CONFIG = {"views": bool, "kl_tail": bool, "mlp": lambda on: MLP_PROJECTIONS if on else (), "layers": lambda n: tuple(range(n)),
              "layer_at": lambda n: (n,)}
 
 
@@ -89,6 +91,7 @@ class Point:
     anchor: float | None = None  # the activation anchor's weight (TrainConfig.anchor); None: its default
     layers: int | None = None  # LoRA on decoder layers 0..N-1 only (TrainConfig.layers); None: every layer
     layer_at: int | None = None  # memory_layer: beside decoder layer N (TrainConfig.layers); None: the middle one
+    kl_tail: int | None = None  # 1: the soft targets' KL with a rest-of-vocabulary bucket (TrainConfig.kl_tail)
 
     @property
     def name(self) -> str:

@@ -110,3 +110,22 @@ def test_learn_computes_guard_targets_only_for_the_rows_it_draws(tmp_path, works
     with pytest.raises(ValueError, match="no targets"):
         train(base.model, base.tokenizer, rows, len(rows), TrainConfig(epochs=1, replay_fraction=0.5),
               tmp_path / "run", progress=False, replay=replay)
+
+
+def test_the_tail_bucket_makes_the_guard_penalise_sharpening():
+    """The guard's KL over the base model's top k: renormalised, it rewards a student that moves the rest of the
+    vocabulary's probability onto the top k (below its value at the teacher itself); with the rest as one more
+    outcome it is zero at the teacher and rises with that sharpening."""
+    import torch
+
+    from inweights.train import soft_kl
+
+    torch.manual_seed(0)
+    logits = torch.randn(5, 1000) * 2
+    teacher = torch.log_softmax(logits, -1)
+    top = teacher.topk(8, -1)
+    sharp = torch.log_softmax(logits * 1.5, -1).gather(-1, top.indices)  # more mass on the top k, same order
+    at_teacher = soft_kl(top.values, top.values, tail=True)
+    assert abs(float(at_teacher)) < 1e-5
+    assert float(soft_kl(sharp, top.values, tail=True)) > 0.05
+    assert float(soft_kl(sharp, top.values, tail=False)) < float(soft_kl(top.values, top.values, tail=False)) - 0.05

@@ -3,7 +3,11 @@
 General text is sampled once from the base model (no bundled corpus, no network, never the evaluation texts),
 and the base model's own next-token distribution on it (top-k log-probabilities) is computed once; both are
 cached per base model. During training, a share of every batch is such text, and its loss is the KL
-divergence from the base distribution to the student's over those top-k tokens. A first version trained
+divergence from the base distribution to the student's over those top-k tokens and one more outcome, the rest of
+the vocabulary (`TrainConfig.kl_tail`). Until that bucket was added the KL was taken over the top k
+renormalised, which is lowest when the student moves the rest's probability onto the top k: it rewarded the
+sharpening it was meant to prevent: WikiText-2 perplexity rose 35.7% instead of 10.0% (the SQuAD tuning
+passages, docs/benchmarks.md). A first version trained
 with plain next-token loss on the samples instead: the memory simply memorised the 48 samples (their
 perplexity fell from 12 to 4.5) while general-text perplexity rose tenfold. Soft targets cannot be
 memorised past the base distribution, and they penalise the over-confident, sharpened predictions that

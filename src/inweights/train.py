@@ -154,22 +154,25 @@ def lm_parts(model):
 
 def completion_loss(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                     soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
-                    unlikely: Sequence[int] = ()) -> torch.Tensor:
+                    unlikely: Sequence[int] = (), tail: bool = False) -> torch.Tensor:
     """Mean loss per scored position (see completion_terms)."""
-    total, count = completion_terms(model, input_ids, attention_mask, labels, soft, unlikely)
+    total, count = completion_terms(model, input_ids, attention_mask, labels, soft, unlikely, tail)
     return total / max(count, 1)
 
 
 def completion_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                      soft: Sequence[tuple[int, int, torch.Tensor, torch.Tensor]] = (),
-                     unlikely: Sequence[int] = ()) -> tuple[torch.Tensor, int]:
+                     unlikely: Sequence[int] = (), tail: bool = False) -> tuple[torch.Tensor, int]:
     """(summed loss, scored positions), with the LM head applied only at scored positions.
 
     Rows with hard labels get next-token cross-entropy on their labelled positions, except the rows listed in
     `unlikely`, whose labelled tokens get the unlikelihood loss -log(1 - p(token)) (Welleck et al. 2019): a
     fact's old value, made unlikely where its new value is trained. Each `soft` entry
     (row, top-k ids, top-k log-probs) gives a row the KL divergence from a teacher distribution over its top-k
-    tokens at every position (the forgetting guard; context distillation uses the same form).
+    tokens at every position (the forgetting guard; context distillation uses the same form): with `tail`, over
+    the top-k tokens and one more outcome, the rest of the vocabulary (the teacher's log-probs must then be
+    normalised over the whole vocabulary, as `guard.replay_targets` and `objectives` make them); without it,
+    over the top k renormalised.
     """
     backbone, logits_at = lm_parts(model)
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -189,22 +192,39 @@ def completion_terms(model, input_ids: torch.Tensor, attention_mask: torch.Tenso
     for row, start, top_ids, top_logprobs in soft:
         positions = hidden[row, start : start + top_ids.shape[0]]
         student = torch.log_softmax(logits_at(positions), dim=-1).gather(-1, top_ids)
-        teacher = torch.softmax(top_logprobs, dim=-1)  # renormalised over the top-k
-        total = total + (teacher * (teacher.clamp_min(1e-12).log() - student)).sum()
+        total = total + soft_kl(student, top_logprobs, tail)
         count += top_ids.shape[0]
     return total, count
+
+
+def soft_kl(student: torch.Tensor, top_logprobs: torch.Tensor, tail: bool) -> torch.Tensor:
+    """KL(teacher || student) summed over positions, from the student's log-probs (over the whole vocabulary) of the
+    teacher's top-k tokens. With `tail`: over those k tokens and one more outcome, the rest of the vocabulary
+    (`top_logprobs` normalised over the whole vocabulary); zero exactly when the student gives the top-k tokens
+    the teacher's probabilities, and it rises when the student moves the rest's mass onto them. Without: over
+    the top k renormalised, which falls below zero when the student does that."""
+    if not tail:
+        teacher = torch.softmax(top_logprobs, dim=-1)
+        return (teacher * (teacher.clamp_min(1e-12).log() - student)).sum()
+    teacher = top_logprobs.exp()
+    rest = (1.0 - teacher.sum(-1)).clamp_min(1e-6)
+    # log(1 - the student's top-k mass) as log(-expm1(log of that mass)): accurate, and with a gradient, until the
+    # rest holds less than 1e-12 (1 - exp() in float32 rounds to 0 below about 6e-8)
+    student_rest = torch.log((-torch.expm1(student.logsumexp(-1))).clamp_min(1e-12))
+    return (teacher * (top_logprobs - student)).sum() + (rest * (rest.log() - student_rest)).sum()
 
 
 class _Terms(torch.nn.Module):
     """completion_terms as a module's forward, so that DistributedDataParallel sees the forward it wraps."""
 
-    def __init__(self, model, touch_all: bool = False):
+    def __init__(self, model, touch_all: bool = False, tail: bool = False):
         super().__init__()
         self.model = model
         self.touch_all = touch_all
+        self.tail = tail
 
     def forward(self, input_ids, attention_mask, labels, soft, unlikely):
-        total = completion_terms(self.model, input_ids, attention_mask, labels, soft, unlikely)[0]
+        total = completion_terms(self.model, input_ids, attention_mask, labels, soft, unlikely, self.tail)[0]
         if self.touch_all:  # under DDP every trainable parameter must take part, even for a row with no loss
             total = total + 0.0 * sum(p.sum() for p in self.model.parameters() if p.requires_grad)
         return total
@@ -284,7 +304,8 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     device = next(iter(params.values())).device
     half = compute_dtype in HALF_DTYPES
     scaler = torch.amp.GradScaler(device.type, enabled=compute_dtype == torch.float16)
-    terms = distributed.prepare(_Terms(model, touch_all=True)) if world > 1 and not sharded else _Terms(model)
+    terms = (distributed.prepare(_Terms(model, touch_all=True, tail=config.kl_tail)) if world > 1 and not sharded
+             else _Terms(model, tail=config.kl_tail))
     main = rank == 0
     pad = tokenizer.pad_token_id
     bar = tqdm(range(start, total), desc="train", unit="step", disable=not progress or not main, initial=start,
