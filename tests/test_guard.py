@@ -129,3 +129,18 @@ def test_the_tail_bucket_makes_the_guard_penalise_sharpening():
     assert abs(float(at_teacher)) < 1e-5
     assert float(soft_kl(sharp, top.values, tail=True)) > 0.05
     assert float(soft_kl(sharp, top.values, tail=False)) < float(soft_kl(top.values, top.values, tail=False)) - 0.05
+
+
+def test_a_damaged_targets_file_is_computed_again(tiny_model_dir, tmp_path):
+    import torch
+
+    from inweights.models import load_base
+
+    base = load_base(str(tiny_model_dir), dtype="float32", device="cpu")
+    first = guard.replay_targets(base, TEXTS, tmp_path, top_k=4, needed=[1])
+    (path,) = tmp_path.glob("*.targets.safetensors")
+    assert guard.cached_rows(base, TEXTS, tmp_path, top_k=4) == 1
+    path.write_bytes(b"not a safetensors file")
+    assert guard.cached_rows(base, TEXTS, tmp_path, top_k=4) == 0
+    again = guard.replay_targets(base, TEXTS, tmp_path, top_k=4, needed=[1])
+    assert torch.equal(again[1][1], first[1][1]) and guard.cached_rows(base, TEXTS, tmp_path, top_k=4) == 1

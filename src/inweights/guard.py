@@ -18,16 +18,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from inweights.generate import generate
+from inweights.objectives import TENSOR_FILE_ERRORS, read_tensors, write_tensors
+from inweights.store import write_atomic
 from inweights.train import lm_parts
 
 SHIPPED = Path(__file__).parent / "data" / "guard"
@@ -88,9 +88,7 @@ def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: i
                        progress="guard text" if progress else None)
     texts = [f"{p} {o}".strip() for p, o in zip(prompts, outputs) if o.strip()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"base": base.fingerprint, "texts": texts}))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps({"base": base.fingerprint, "texts": texts}))
     return texts
 
 
@@ -110,14 +108,14 @@ def replay_targets(base, texts: list[str], cache_dir: Path, max_len: int = 64, t
     and the others carry None (a training run draws a few hundred of the 1,024 rows: `train.replay_drawn`).
 
     Targets are cached by base fingerprint and the texts, row by row: a later run computes only the rows it
-    needs that no earlier run did. They cost about 1.5 s per row on 2 CPU cores with the embedded model
-    (the 262k-token output head at 63 positions; a progress bar with `progress`)."""
+    needs that no earlier run did. They cost about TARGET_SECONDS per row on 2 CPU cores with the embedded model,
+    most of it the backbone's forward (a progress bar with `progress`)."""
     if not texts:
         return []
     path = _targets_path(base, texts, cache_dir, max_len, top_k)
     rows = replay_rows(base.tokenizer, texts, max_len)
     wanted = sorted(set(range(len(rows)) if needed is None else needed))
-    saved = _load(path)
+    saved = read_tensors(path)
     todo = [i for i in wanted if f"ids{i}" not in saved or f"logprobs{i}" not in saved]
     if todo:
         backbone, logits_at = lm_parts(base.model)
@@ -134,10 +132,7 @@ def replay_targets(base, texts: list[str], cache_dir: Path, max_len: int = 64, t
                 values, indices = logits.topk(top_k, dim=-1)
                 saved[f"ids{i}"] = indices.cpu().contiguous()
                 saved[f"logprobs{i}"] = (values - logits.logsumexp(-1, keepdim=True)).cpu().contiguous()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(saved, tmp)
-        os.replace(tmp, path)
+        write_tensors(path, saved)
     keep = set(wanted)
     return [(r, saved[f"ids{i}"], saved[f"logprobs{i}"]) if i in keep else (r, None, None) for i, r in enumerate(rows)]
 
@@ -148,7 +143,7 @@ def cached_rows(base, texts: list[str], cache_dir: Path, max_len: int = 64, top_
     try:
         with safe_open(path, "pt") as f:
             return sum(1 for k in f.keys() if k.startswith("ids"))
-    except (OSError, ValueError, RuntimeError):
+    except TENSOR_FILE_ERRORS:
         return 0
 
 
@@ -156,10 +151,3 @@ def _targets_path(base, texts: list[str], cache_dir: Path, max_len: int, top_k: 
     key = hashlib.sha256(json.dumps([base.fingerprint, texts, max_len, top_k]).encode()).hexdigest()
     return Path(cache_dir) / f"{key}.targets.safetensors"
 
-
-def _load(path: Path) -> dict[str, torch.Tensor]:
-    """The cached targets so far (empty when there are none or the file is damaged)."""
-    try:
-        return dict(load_file(path)) if path.is_file() else {}
-    except (OSError, ValueError, RuntimeError):
-        return {}

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
@@ -68,23 +69,37 @@ def _cached_topk(base, prefix: str, continuations: Sequence[list[int]], first: S
         base.model, base.tokenizer, prefix, continuations, first, top_k, batch_size))
 
 
-def cached_targets(path: Path, n: int, compute) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`n` (top-k ids, top-k log-probs) pairs from a safetensors file, or from `compute()` then saved atomically.
-    A damaged file is recomputed."""
-    if path.is_file():
-        try:
-            saved = load_file(path)
-            return [(saved[f"ids{i}"], saved[f"logprobs{i}"]) for i in range(n)]
-        except (OSError, KeyError, ValueError):
-            pass
-    out = compute()
-    tensors = {}
-    for i, (ids, values) in enumerate(out):
-        tensors[f"ids{i}"], tensors[f"logprobs{i}"] = ids.contiguous(), values.contiguous()
+TENSOR_FILE_ERRORS = (OSError, ValueError, RuntimeError, SafetensorError)
+"""What reading a missing, truncated or otherwise damaged safetensors file raises."""
+
+
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; empty when it is missing or damaged (the caller computes them again)."""
+    try:
+        return dict(load_file(path)) if path.is_file() else {}
+    except TENSOR_FILE_ERRORS:
+        return {}
+
+
+def write_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    """Save `tensors` to `path` through a temporary file and a rename: a reader sees the old file or the new one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     save_file(tensors, tmp)
     os.replace(tmp, path)
+
+
+def cached_targets(path: Path, n: int, compute) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """`n` (top-k ids, top-k log-probs) pairs from a safetensors file, or from `compute()` then saved atomically.
+    A damaged file is recomputed."""
+    saved = read_tensors(path)
+    if all(f"ids{i}" in saved and f"logprobs{i}" in saved for i in range(n)):
+        return [(saved[f"ids{i}"], saved[f"logprobs{i}"]) for i in range(n)]
+    out = compute()
+    tensors = {}
+    for i, (ids, values) in enumerate(out):
+        tensors[f"ids{i}"], tensors[f"logprobs{i}"] = ids.contiguous(), values.contiguous()
+    write_tensors(path, tensors)
     return out
 
 
