@@ -220,15 +220,20 @@ def main(argv: list[str] | None = None) -> dict:
         for doc_id, text in documents.items():
             (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
         for point in points:
-            if point.name in results["points"]:
-                continue
-            print(f"--- {point.name}", flush=True)
             synth = point.synth_config()
             if args.teacher:
                 synth = replace(synth, teacher=args.teacher, teacher_model=args.teacher_model,
                                 teacher_concurrency=args.teacher_concurrency)
             config = LearnConfig(base=args.base or DEFAULT_BASE, synth=synth,
                                  train=point.train_config())
+            requested = _requested(config)
+            done = results["points"].get(point.name)
+            if done is not None and done.get("requested") == requested:
+                continue
+            if done is not None:  # a name means today's defaults: a result made under others is kept aside, rerun
+                results.setdefault("superseded", {}).setdefault(STALE, {})[point.name] = results["points"].pop(
+                    point.name)
+            print(f"--- {point.name}", flush=True)
             t = time.perf_counter()
             version = learn_point(folder, point, config, base, workspace, exclude, progress)
             learn_s = time.perf_counter() - t
@@ -262,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "validation": m["training"].get("validation"), "best_step": m["training"].get("best_step"),
                 "stopped_early": m["training"].get("stopped_early"),
                 "trainable_parameters": m["training"].get("trainable_parameters"),
-                "predictions": answers[:20],
+                "predictions": answers[:20], "requested": requested,
             }
             print(f"{point.name}: EM {100 * scores['em']:.1f} (closed {100 * em_closed:.1f}, in-context "
                   f"{100 * em_context:.1f}), general {mean_change_points(deltas):+.1f} pts, wikitext "
@@ -280,6 +285,19 @@ def learn_point(folder, point, config, base, workspace, exclude, progress):
 
     return learn([folder], _memory_name(point), config, base=base, workspace=workspace, exclude_questions=exclude,
                  progress=progress)
+
+
+STALE = ("measured under the defaults of an earlier version (a name means today's defaults); each was run again "
+         "when asked for")
+UNRECORDED = "†"  # marks a point measured before points recorded their config: its name meant the defaults then
+
+
+def _requested(config) -> dict:
+    """The learn config a point asks for, as JSON would store it (tuples become lists), to tell whether a stored
+    result was made under the same settings."""
+    from dataclasses import asdict
+
+    return json.loads(json.dumps(asdict(config)))
 
 
 def _memory_name(point: Point) -> str:
@@ -337,9 +355,13 @@ def markdown(results: dict) -> str:
              f"Base model: closed-book EM {100 * b['closed_book']['em']:.1f}, in-context EM "
              f"{100 * b['in_context']['em']:.1f}, WikiText-2 ppl {b['general']['wikitext2']['ppl']:.2f}.", ""]
     lines += _table(results["points"])
-    lines += ["", "Targets (issue #4): gap recovered >= 75%, WikiText-2 ppl within +3%, each general task within 1 "
-              "point. Point names: method-objective-guard-strategy-budget, then where a setting is not the default: "
-              f"{_legend(with_defaults=True)}."]
+    lines += ["", "Targets (issue #12, default learn, on SQuAD passages 25-48): gap recovered >= 60%, WikiText-2 ppl "
+              "within +5%, each general task within 2 points. Point names: method-objective-guard-strategy-budget, "
+              f"then where a setting is not today's default: {_legend(with_defaults=True)}."]
+    if any("requested" not in p for group in [results["points"], *results.get("superseded", {}).values()]
+           for p in group.values()):
+        lines += ["", f"{UNRECORDED} measured before points recorded their config: a setting its name leaves out had "
+                  "the default of that day, which may not be today's (docs/benchmarks.md says which changed)."]
     for note, points in results.get("superseded", {}).items():
         lines += ["", f"Superseded: {note}", ""] + _table(points)
     return "\n".join(lines) + "\n"
@@ -361,7 +383,7 @@ def _table(points: dict) -> list[str]:
         def pts(task, key="acc_points"):
             return f"{d[task][key]:+.0f}" if task in d else ""
 
-        lines.append(f"| {name} | {p['synthetic_tokens']:,} | {100 * p['scores']['em']:.1f} | "
+        lines.append(f"| {name}{'' if 'requested' in p else ' ' + UNRECORDED} | {p['synthetic_tokens']:,} | {100 * p['scores']['em']:.1f} | "
                      f"{100 * p['scores']['f1']:.1f} | {100 * p['gap_recovered']:.0f}% | "
                      f"{p['general_mean_points']:+.1f} | {pts('arc_easy')} | {pts('piqa')} | {pts('boolq')} | "
                      f"{pts('triviaqa', 'match_points')} | {p['wikitext_ppl_pct']:+.1f}% | {p['learn_s']:.0f} s |")

@@ -47,3 +47,19 @@ def test_guard_knobs_reach_the_train_config():
     assert plane._parse("memory_layer-sft-guard-facts-all-at4").train_config().layers == (4,)
     with pytest.raises(SystemExit):
         plane._parse("lora-sft-guard-cloze-all-xx3")
+
+
+def test_a_stored_point_is_matched_by_its_config_not_its_name():
+    from inweights.config import LearnConfig
+
+    def requested(name):
+        point = plane._parse(name)
+        return plane._requested(LearnConfig(synth=point.synth_config(), train=point.train_config()))
+
+    import json
+
+    stored = json.loads(json.dumps(requested("lora-sft-guard-facts-all")))  # as plane.json keeps it
+    assert stored == requested("lora-sft-guard-facts-all")
+    assert stored == requested("lora-sft-guard-facts-all-kt1")  # spelling out today's default changes nothing
+    assert stored != requested("lora-sft-guard-facts-all-kt0")  # what the same name meant before the KL fix
+    assert stored != requested("lora-sft-guard-facts-all-rs64")
