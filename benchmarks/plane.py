@@ -61,6 +61,7 @@ KNOBS = {
     "at": ("layer_at", int, "train", "layers", "the memory layer beside decoder layer N (default: the middle one)"),
     "kt": ("kl_tail", int, "train", "kl_tail", "the guard's KL with a rest-of-vocabulary bucket (1) or over the "
                                                "renormalised top k (0)"),
+    "st": ("strength", float, "train", "strength", "LoRA: the saved update's scale"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
 # Knobs whose config value is not the number in the point's name: Point attribute -> the value from that number.
@@ -92,6 +93,7 @@ class Point:
     layers: int | None = None  # LoRA on decoder layers 0..N-1 only (TrainConfig.layers); None: every layer
     layer_at: int | None = None  # memory_layer: beside decoder layer N (TrainConfig.layers); None: the middle one
     kl_tail: int | None = None  # 1: the soft targets' KL with a rest-of-vocabulary bucket (TrainConfig.kl_tail)
+    strength: float | None = None  # LoRA: the saved update's scale (TrainConfig.strength); None: its default
 
     @property
     def name(self) -> str:

@@ -63,3 +63,8 @@ def test_a_stored_point_is_matched_by_its_config_not_its_name():
     assert stored == requested("lora-sft-guard-facts-all-kt1")  # spelling out today's default changes nothing
     assert stored != requested("lora-sft-guard-facts-all-kt0")  # what the same name meant before the KL fix
     assert stored != requested("lora-sft-guard-facts-all-rs64")
+
+
+def test_strength_reaches_the_train_config():
+    assert plane._parse("lora-sft-guard-facts-all-st0.7").train_config().strength == 0.7
+    assert plane._parse("lora-sft-guard-facts-all-st0.7").name == "lora-sft-guard-facts-all-st0.7"

@@ -172,6 +172,40 @@ def test_update_starts_from_the_parents_weights(tmp_path, workspace, tiny_model_
     assert any(w1[k].abs().max() > 1e-3 for k in b)  # (a fresh LoRA's B starts at zero)
 
 
+def test_strength_scales_the_saved_update_and_an_update_keeps_it(tmp_path, workspace, tiny_model_dir, base):
+    """strength < 1 is the same weights with a smaller alpha (served as saved); an update trains the update as it
+    was trained, not as it was saved, and saves it at the parent's strength again."""
+    from safetensors.torch import load_file
+
+    from inweights.api import load_memory
+
+    docs = write(tmp_path / "docs", {"company.md": COMPANY, "bergen.md": BERGEN})
+    full = learn([docs], "full", config(tiny_model_dir), base=base, progress=False)
+    half = learn([docs], "half", config(tiny_model_dir, strength=0.5), base=base, progress=False)
+    alpha = [json.loads((v.path / "adapter_config.json").read_text())["lora_alpha"] for v in (full, half)]
+    assert alpha == [32.0, 16.0]
+    w_full, w_half = (load_file(v.path / "adapter_model.safetensors") for v in (full, half))
+    assert all(torch.equal(w_full[k], w_half[k]) for k in w_full)  # the same training, only the scale differs
+    from peft.tuners.lora import LoraLayer
+
+    scalings = []
+    for ref in ("full", "half"):  # as a server loads them: the scale comes from the saved alpha
+        loaded = load_memory(ref, base=base)
+        try:
+            scalings.append([s for m in loaded.model.modules() if isinstance(m, LoraLayer) for s in m.scaling.values()])
+        finally:
+            loaded.close()
+    assert scalings[0] and scalings[1] == [0.5 * s for s in scalings[0]]
+    write(docs, {"company.md": COMPANY, "bergen.md": BERGEN.replace("34", "35")})
+    v2 = learn([docs], "half", config(tiny_model_dir, lr=1e-9), base=base, progress=False, update=True)
+    assert v2.manifest["config"]["train"]["strength"] == 0.5
+    assert json.loads((v2.path / "adapter_config.json").read_text())["lora_alpha"] == 16.0
+    w2 = load_file(v2.path / "adapter_model.safetensors")
+    assert all(torch.allclose(w_half[k], w2[k], atol=1e-5) for k in w2)  # lr ~0: the weights as the parent's
+    with pytest.raises(ValueError, match="strength"):
+        TrainConfig(method="memory_layer", strength=0.5)
+
+
 def test_forget_removes_a_documents_knowledge_without_its_files(tmp_path, workspace, tiny_model_dir, base):
     docs = write(tmp_path / "docs", {"company.md": COMPANY, "party.md": PARTY})
     learn([docs], "acme", config(tiny_model_dir), base=base, progress=False)

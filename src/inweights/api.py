@@ -178,6 +178,9 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
     torch.manual_seed(train_config.seed)
     if resume_from is not None:
         model = method.resume(base.model, resume_from.path, train_config)
+        saved_at = resume_from.manifest["config"]["train"].get("strength", 1.0)
+        if saved_at != 1.0:  # train the update as it was trained, not as it was saved
+            method.scale(model, 1.0 / saved_at)
     else:
         model = method.attach(base.model, train_config)
     try:
@@ -188,6 +191,9 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
         result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
                        progress=progress, replay=replay, warmup=warmup, validation=validation,
                        compute_dtype=base.dtype, shard=shard, penalty=penalty)
+
+        if train_config.strength != 1.0:
+            method.scale(model, train_config.strength)
 
         def write(directory: Path) -> None:
             manifest = describe(result)
@@ -263,7 +269,7 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
 
 
 _SHAPE = ("method", "objective", "rank", "alpha", "target_modules", "tinylora_u", "prefix_tokens", "memory_slots",
-          "memory_topk", "memory_trainable_rows")
+          "memory_topk", "memory_trainable_rows", "strength")
 
 
 def full_relearn_reason(parent: MemoryVersion | None, config: LearnConfig, base: Base) -> str | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora import LoraLayer
 
 
 class LoRA:
@@ -41,6 +42,16 @@ class LoRA:
         if isinstance(model, PeftModel):
             raise ValueError("the model already carries a memory; attach to a plain base model")
         return PeftModel.from_pretrained(model, str(directory), is_trainable=True)
+
+    def scale(self, model, factor: float) -> None:
+        """Multiply the update by `factor`, in place: each LoRA layer's scaling and the alpha that saving
+        writes (servers rebuild the scaling from it)."""
+        for module in model.modules():
+            if isinstance(module, LoraLayer):
+                for adapter in module.scaling:
+                    module.scaling[adapter] *= factor
+        for config in model.peft_config.values():
+            config.lora_alpha *= factor
 
     def disabled(self, model):
         return model.disable_adapter()

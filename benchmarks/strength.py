@@ -1,0 +1,156 @@
+"""Memory strength: one LoRA memory learned once, then scored with its update scaled by s (the adapter's
+alpha times s; s = 1 is the memory as trained), to see how much learning each bit of forgetting buys back.
+
+Scaling a task update toward the base trades what it learned against what it changed elsewhere (weight
+interpolation, as in WiSE-FT); for a LoRA memory the scale is only its alpha, so a scaled memory is served
+like any other, and `learn --strength s` saves exactly the memory scored here at s. Same passages, questions, general tasks and base scores as benchmarks/plane.py, whose
+point names this takes (default: learn's default LoRA memory).
+
+Run as:
+    python benchmarks/strength.py --out benchmarks/results/strength_tune                 # passages 1-8
+    python benchmarks/strength.py --skip-passages 24 --passages 24 --general-limit 100 \
+        --scales 1,0.7 --out benchmarks/results/strength_check24                          # confirmation half
+Outputs: strength.json (every number) and strength.md (table) in --out; an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plane  # noqa: E402  (the same points, data and scoring)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--point", default="lora-sft-guard-facts-all", help="a plane.py point name (LoRA)")
+    parser.add_argument("--scales", default="1,0.85,0.7,0.5", help="comma-separated scales of the update")
+    parser.add_argument("--passages", type=int, default=8)
+    parser.add_argument("--skip-passages", type=int, default=0)
+    parser.add_argument("--general-limit", type=int, default=50)
+    parser.add_argument("--wikitext-tokens", type=int, default=1024)
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "strength")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    from inweights.api import load_memory
+    from inweights.config import LearnConfig
+    from inweights.evaluate.conditions import answer_short, score
+    from inweights.evaluate.general import GeneralLimits, compare, general_suite
+    from inweights.evaluate.harness import mean_change_points
+    from inweights.evaluate.questions import load_squad
+    from inweights.methods import METHODS
+    from inweights.models import DEFAULT_BASE, load_base
+    from inweights.store import Workspace
+
+    point = plane._parse(args.point)
+    if point.method != "lora":
+        raise SystemExit("strength scales a LoRA memory; pick a lora point")
+    scales = [float(s) for s in args.scales.split(",")]
+    progress = not args.no_progress
+    documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.skip_passages + args.passages)
+    skipped = set(list(documents)[: args.skip_passages])
+    documents = {k: v for k, v in documents.items() if k not in skipped}
+    questions = [q for q in questions if q.doc not in skipped]
+    base = load_base(DEFAULT_BASE)
+    n = args.general_limit
+    limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n, wikitext_tokens=args.wikitext_tokens)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / "strength.json"
+    results = json.loads(path.read_text()) if path.is_file() else {}
+    settings = {"point": point.name, "passages": args.passages, "skip_passages": args.skip_passages,
+                "questions": len(questions), "general_limit": n, "wikitext_tokens": args.wikitext_tokens,
+                "base": base.name}
+    if results.get("settings", settings) != settings:
+        raise SystemExit(f"{path} was made with {results['settings']}; use another --out")
+    results["settings"] = settings
+    results["versions"] = plane._versions()
+
+    def save() -> None:
+        path.write_text(json.dumps(results, indent=1))
+
+    def evaluate(model) -> dict:
+        t = time.perf_counter()
+        answers = answer_short(model, base.tokenizer, base.stop_token_ids, questions, [None] * len(questions))
+        general = general_suite(model, base.tokenizer, args.data / "general", limits, base.stop_token_ids,
+                                progress=progress)
+        return {"scores": score(questions, answers), "general": general, "eval_s": time.perf_counter() - t,
+                "predictions": answers[:20]}
+
+    if "base" not in results:
+        closed = evaluate(base.model)
+        in_context = answer_short(base.model, base.tokenizer, base.stop_token_ids, questions,
+                                  [documents[q.doc] for q in questions])
+        results["base"] = closed | {"in_context": score(questions, in_context)}
+        save()
+    em_closed = results["base"]["scores"]["em"]
+    em_context = results["base"]["in_context"]["em"]
+    results.setdefault("scales", {})
+    todo = [s for s in scales if f"{s:g}" not in results["scales"]]
+    if not todo:
+        return _report(results, args.out)
+    workspace = Workspace()
+    name = plane._memory_name(point) + "-strength"
+    with tempfile.TemporaryDirectory() as folder:
+        for doc_id, text in documents.items():
+            (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+        config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
+        t = time.perf_counter()
+        from inweights.api import learn
+
+        version = learn([folder], name, config, base=base, workspace=workspace,
+                        exclude_questions=[q.question for q in questions], progress=progress)
+        results["learn_s"] = time.perf_counter() - t
+        results["manifest_config"] = version.manifest["config"]
+        for s in todo:
+            loaded = load_memory(version.ref, base=base, workspace=workspace)
+            try:
+                METHODS["lora"].scale(loaded.model, s)  # what learn --strength s saves
+                row = evaluate(loaded.model)
+            finally:
+                loaded.close()
+            deltas = compare(results["base"]["general"], row["general"])
+            row |= {"general_deltas": deltas, "general_mean_points": mean_change_points(deltas),
+                    "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
+                    "gap_recovered": (row["scores"]["em"] - em_closed) / max(em_context - em_closed, 1e-9)}
+            results["scales"][f"{s:g}"] = row
+            print(f"scale {s:g}: EM {100 * row['scores']['em']:.1f}, gap {100 * row['gap_recovered']:.0f}%, general "
+                  f"{row['general_mean_points']:+.1f} pts, wikitext {row['wikitext_ppl_pct']:+.1f}%", flush=True)
+            save()
+    plane._remove(workspace.memories_dir / name)
+    return _report(results, args.out)
+
+
+def _report(results: dict, out: Path) -> dict:
+    s = results["settings"]
+    b = results["base"]
+    lines = [f"# Memory strength ({s['point']}; SQuAD dev passages {s['skip_passages'] + 1}-"
+             f"{s['skip_passages'] + s['passages']}, {s['questions']} questions; general tasks: "
+             f"{s['general_limit']} items each, WikiText-2 {s['wikitext_tokens']:,} tokens)", "",
+             f"Base model: closed-book EM {100 * b['scores']['em']:.1f}, in-context EM "
+             f"{100 * b['in_context']['em']:.1f}. One memory, learned in {results.get('learn_s', 0):.0f} s, "
+             "scored with its LoRA update scaled by s.", "",
+             "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | WikiText-2 ppl |",
+             "|" + "---|" * 10]
+    for key, row in sorted(results["scales"].items(), key=lambda kv: -float(kv[0])):
+        d = row["general_deltas"]
+        pts = [f"{d[t][k]:+.0f}" if t in d else "" for t, k in (("arc_easy", "acc_points"), ("piqa", "acc_points"),
+                                                               ("boolq", "acc_points"), ("triviaqa", "match_points"))]
+        lines.append(f"| {key} | {100 * row['scores']['em']:.1f} | {100 * row['scores']['f1']:.1f} | "
+                     f"{100 * row['gap_recovered']:.0f}% | {row['general_mean_points']:+.1f} | " + " | ".join(pts)
+                     + f" | {row['wikitext_ppl_pct']:+.1f}% |")
+    (out / "strength.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return results
+
+
+if __name__ == "__main__":
+    main()
