@@ -62,6 +62,7 @@ KNOBS = {
     "kt": ("kl_tail", int, "train", "kl_tail", "the guard's KL with a rest-of-vocabulary bucket (1) or over the "
                                                "renormalised top k (0)"),
     "st": ("strength", float, "train", "strength", "LoRA: the saved update's scale"),
+    "gk": ("guard_top_k", int, "train", "replay_top_k", "the guard's texts sampled from the top k tokens (0: all)"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
 # Knobs whose config value is not the number in the point's name: Point attribute -> the value from that number.
@@ -94,6 +95,7 @@ class Point:
     layer_at: int | None = None  # memory_layer: beside decoder layer N (TrainConfig.layers); None: the middle one
     kl_tail: int | None = None  # 1: the soft targets' KL with a rest-of-vocabulary bucket (TrainConfig.kl_tail)
     strength: float | None = None  # LoRA: the saved update's scale (TrainConfig.strength); None: its default
+    guard_top_k: int | None = None  # the guard's texts' sampling top-k (TrainConfig.replay_top_k); None: its default
 
     @property
     def name(self) -> str:

@@ -49,6 +49,32 @@ def test_written_texts_are_cached_and_read_back(tiny_model_dir, tmp_path):
     assert guard.replay_texts(tiny_base, 4, tmp_path, max_new_tokens=8, progress=False) == first
 
 
+def test_texts_sampled_from_the_whole_distribution_are_cached_apart(tiny_model_dir, tmp_path):
+    from inweights.models import load_base
+
+    assert _name("sha256:abc", 3) == guard.texts_file_name("sha256:abc", 3, 0, 64, top_k=guard.SAMPLE_TOP_K)
+    tiny_base = load_base(str(tiny_model_dir), dtype="float32", device="cpu")
+    cut = guard.replay_texts(tiny_base, 4, tmp_path, max_new_tokens=8, progress=False)
+    whole = guard.replay_texts(tiny_base, 4, tmp_path, max_new_tokens=8, progress=False, top_k=0)
+    assert len(list(tmp_path.glob("*.json"))) == 2 and whole and whole != cut
+    assert guard.cached_texts(tiny_base, 4, tmp_path, max_new_tokens=8, top_k=0) == whole
+    with pytest.raises(ValueError, match="replay_top_k"):
+        TrainConfig(replay_top_k=-1)
+
+
+def test_sampling_without_a_top_k_cut_reaches_rare_tokens():
+    import torch
+
+    from inweights.generate import _pick
+
+    logits = torch.zeros(1, 1000)
+    logits[0, :10] = 8.0  # ten likely tokens hold ~97% of the mass; the other 990 share the rest
+    generator = torch.Generator().manual_seed(0)
+    picks = [int(_pick(logits, 1.0, 0, 1.0, generator)) for _ in range(400)]
+    assert any(p >= 10 for p in picks)
+    assert all(int(_pick(logits, 1.0, 10, 1.0, generator)) < 10 for _ in range(100))
+
+
 TEXTS = [f"{seed} the river flows past the old mill and the village of number {i} in the valley below."
          for i, seed in enumerate(["The history of", "In mathematics,", "Farmers", "The film", "Music has", "Water is"])]
 

@@ -253,7 +253,7 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
     replay_cache = workspace.cache_dir("replay")
     general = train_config.replay_fraction > 0 or train_config.warmup_fraction > 0
     texts = replay_texts(base, train_config.replay_sequences if general else 0, replay_cache, seed=train_config.seed,
-                         progress=progress)
+                         progress=progress, top_k=train_config.replay_top_k)
     warmup = []
     if train_config.warmup_fraction > 0:
         warm = warmup_examples(texts, synth_config, cache, exclude_questions)
@@ -527,7 +527,7 @@ def _plan(documents, chunks, config: LearnConfig, base: Base, workspace: Workspa
         sampled = sample_chunks(chunks, seed=config.train.seed)
         sample = (synthesize(sampled, None, probe, ReadOnlyCache(cache), progress=False)[0], sampled)
     train, replay_cache = config.train, workspace.cache_dir("replay")
-    texts = cached_texts(base, train.replay_sequences, replay_cache, seed=train.seed)
+    texts = cached_texts(base, train.replay_sequences, replay_cache, seed=train.seed, top_k=train.replay_top_k)
     guard = (texts is not None, cached_rows(base, texts, replay_cache, train.max_seq_len) if texts else 0)
     return make_plan(documents, chunks, config, base.tokenizer, base.fingerprint, workspace, sample, guard)
 

@@ -142,6 +142,10 @@ class TrainConfig:
     """General-text samples generated once per base model and cached (about 22 minutes on 2 CPU cores; the
     embedded model's ship with the package). 1,024 rather than 64 forgot less and learned as much or more on
     both SQuAD carry-over sets (WikiText-2 +35.7% vs +46.0% and +43.1% vs +57.7%; docs/benchmarks.md)."""
+    replay_top_k: int = 50
+    """The guard's general-text samples are drawn from the base model's top this-many next tokens (0: from its
+    whole distribution, which keeps the rarer tokens that real text has). The shipped samples are top 50; another
+    value writes its own once."""
     kl_tail: bool = True
     """Soft targets (the guard; context distillation): the KL divergence over the teacher's top-k tokens plus one
     bucket for the rest of the vocabulary (True), or over the top-k renormalised (False, the form before). The
@@ -197,6 +201,8 @@ class TrainConfig:
             raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
         if not 0.0 <= self.holdout < 0.5 or self.patience < 1 or (self.exposures is not None and self.exposures < 1):
             raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
+        if self.replay_top_k < 0:
+            raise ValueError("replay_top_k must be >= 0 (0: sample from the whole distribution)")
         if self.rehearsal < 0:
             raise ValueError("rehearsal must be >= 0")
         if self.anchor and self.method != "lora":

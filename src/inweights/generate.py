@@ -108,6 +108,10 @@ def _decode_loop(model, input_ids, mask, max_new_tokens, stop, temperature, top_
 def _pick(logits: torch.Tensor, temperature: float, top_k: int, top_p: float, generator) -> torch.Tensor:
     if temperature <= 0:
         return logits.argmax(-1)
+    if top_k <= 0 and top_p >= 1.0:  # plain sampling from the whole distribution
+        return torch.multinomial(torch.softmax(logits / temperature, dim=-1), 1, generator=generator).squeeze(-1)
+    if top_k <= 0:
+        top_k = logits.shape[-1]
     values, indices = torch.topk(logits / temperature, k=min(top_k, logits.shape[-1]), dim=-1)
     probs = torch.softmax(values, dim=-1)
     cumulative = probs.cumsum(-1)

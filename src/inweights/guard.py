@@ -33,6 +33,9 @@ from inweights.train import lm_parts
 SHIPPED = Path(__file__).parent / "data" / "guard"
 """Guard texts shipped with the package, named like the cache's files (see `replay_texts`)."""
 
+SAMPLE_TOP_K = 50
+"""The guard's texts are sampled from the base model's top this-many tokens (the shipped ones were); 0: from all."""
+
 _SEEDS = [
     "The history of", "In mathematics,", "Scientists have found that", "The recipe calls for", "In 1850,",
     "The city is known for", "A good way to learn", "The river flows", "According to the report,",
@@ -43,9 +46,10 @@ _SEEDS = [
 ]
 
 
-def cached_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64) -> list[str] | None:
+def cached_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
+                 top_k: int = SAMPLE_TOP_K) -> list[str] | None:
     """`replay_texts`' samples when the cache or the package already holds them for this base, else None."""
-    name = texts_file_name(base.fingerprint, n, seed, max_new_tokens)
+    name = texts_file_name(base.fingerprint, n, seed, max_new_tokens, top_k)
     for found in (Path(cache_dir) / name, SHIPPED / name):
         if found.is_file():
             try:
@@ -57,9 +61,10 @@ def cached_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: i
     return None
 
 
-def texts_file_name(fingerprint: str, n: int, seed: int, max_new_tokens: int) -> str:
+def texts_file_name(fingerprint: str, n: int, seed: int, max_new_tokens: int, top_k: int = SAMPLE_TOP_K) -> str:
     """The file (in the cache, or shipped) that holds `replay_texts`' samples for these settings."""
-    return hashlib.sha256(json.dumps([fingerprint, n, seed, max_new_tokens, _SEEDS]).encode()).hexdigest() + ".json"
+    key = [fingerprint, n, seed, max_new_tokens, _SEEDS] + ([] if top_k == SAMPLE_TOP_K else [top_k])
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest() + ".json"
 
 
 TEXT_SECONDS = 1.3
@@ -70,21 +75,21 @@ benchmarks/guard_targets.py and the handbook demo's first run; the plan's estima
 
 
 def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
-                 batch_size: int = 32, progress: bool = True) -> list[str]:
+                 batch_size: int = 32, progress: bool = True, top_k: int = SAMPLE_TOP_K) -> list[str]:
     """`n` general-text samples of the base model (cached by base fingerprint, n, seed and length). Writing
     them takes about 1.3 s a sample on 2 CPU cores with the embedded model, once per base and n; the package
     ships the default 1,024 of the embedded model (`data/guard/`), written by this function, so that a fresh
     machine skips those 22 minutes whenever its converted model has the same fingerprint."""
     if n <= 0:
         return []
-    found = cached_texts(base, n, cache_dir, seed, max_new_tokens)
+    found = cached_texts(base, n, cache_dir, seed, max_new_tokens, top_k)
     if found is not None:
         return found
-    path = Path(cache_dir) / texts_file_name(base.fingerprint, n, seed, max_new_tokens)
+    path = Path(cache_dir) / texts_file_name(base.fingerprint, n, seed, max_new_tokens, top_k)
     prompts = [_SEEDS[i % len(_SEEDS)] for i in range(n)]
     outputs = generate(base.model, base.tokenizer, prompts, max_new_tokens=max_new_tokens,
                        stop_token_ids=[base.tokenizer.eos_token_id], batch_size=batch_size, temperature=1.0,
-                       top_k=50, top_p=1.0, seed=seed,
+                       top_k=top_k, top_p=1.0, seed=seed,
                        progress="guard text" if progress else None)
     texts = [f"{p} {o}".strip() for p, o in zip(prompts, outputs) if o.strip()]
     path.parent.mkdir(parents=True, exist_ok=True)
