@@ -145,7 +145,8 @@ class TrainConfig:
     replay_top_k: int = 50
     """The guard's general-text samples are drawn from the base model's top this-many next tokens (0: from its
     whole distribution, which keeps the rarer tokens that real text has). The shipped samples are top 50; another
-    value writes its own once."""
+    value writes its own once. 0 did worse on the SQuAD tuning passages (51% of the gap at +11.2% WikiText-2
+    against 60% at +10.0%): the untruncated samples are noisier text."""
     kl_tail: bool = True
     """Soft targets (the guard; context distillation): the KL divergence over the teacher's top-k tokens plus one
     bucket for the rest of the vocabulary (True), or over the top-k renormalised (False, the form before). The
@@ -160,7 +161,8 @@ class TrainConfig:
     """LoRA only: the saved memory is its trained update times this (its alpha times strength, so vLLM and
     `inweights serve` serve it as saved). Below 1 it gives back part of what the memory learned for less change
     elsewhere, a smooth trade: on the SQuAD tuning passages 0.7 kept 42% of the closed-book -> in-context gap
-    instead of 60% at +4.9% WikiText-2 perplexity instead of +10.0% (benchmarks/strength.py)."""
+    instead of 60% at +4.9% WikiText-2 perplexity instead of +10.0%; on passages 25-48, 61% instead of 94% at
+    +6.4% instead of +13.4% (benchmarks/strength.py, docs/benchmarks.md)."""
     warmup_fraction: float = 0.0
     """QA warm-up: share of the training sequences that are questions and answers about other text (the facts
     strategy run over the guard's general-text samples of the base model, never an evaluation set), which
