@@ -171,7 +171,6 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
-    from inweights.evaluate.questions import load_squad
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
 
@@ -182,10 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
         wanted = args.points.split(",")
         known = {p.name: p for p in points}
         points = [known.get(n) or _parse(n) for n in wanted]
-    documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.skip_passages + args.passages)
-    skipped = set(list(documents)[: args.skip_passages])
-    documents = {k: v for k, v in documents.items() if k not in skipped}
-    questions = [q for q in questions if q.doc not in skipped]
+    documents, questions = squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(args.base or DEFAULT_BASE)
     n = args.general_limit
     limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n, wikitext_tokens=1024)
@@ -221,8 +217,7 @@ def main(argv: list[str] | None = None) -> dict:
     results.setdefault("points", {})
     workspace = Workspace()  # its caches (replay text, targets, synthetic data) are shared across runs
     with tempfile.TemporaryDirectory() as folder:
-        for doc_id, text in documents.items():
-            (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+        write_documents(folder, documents)
         for point in points:
             synth = point.synth_config()
             if args.teacher:
@@ -258,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "method": point.method, "objective": point.objective, "guard": point.guard,
                 "strategy": point.strategy, "budget": point.budget,
                 "scores": scores, "gain_points": 100 * (scores["em"] - em_closed),
-                "gap_recovered": (scores["em"] - em_closed) / max(em_context - em_closed, 1e-9),
+                "gap_recovered": gap_recovered(scores["em"], em_closed, em_context),
                 "general": general, "general_deltas": deltas,
                 "general_mean_points": mean_change_points(deltas),
                 "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
@@ -282,6 +277,27 @@ def main(argv: list[str] | None = None) -> dict:
     plot(results, out)
     print((out / "plane.md").read_text())
     return results
+
+
+def squad_passages(data: Path, skip: int, passages: int) -> tuple[dict, list]:
+    """SQuAD dev passages skip+1 .. skip+passages (documents by id) and all their questions."""
+    from inweights.evaluate.questions import load_squad
+
+    documents, questions = load_squad(data / "squad" / "squad_dev.jsonl", skip + passages)
+    skipped = set(list(documents)[:skip])
+    return ({k: v for k, v in documents.items() if k not in skipped},
+            [q for q in questions if q.doc not in skipped])
+
+
+def write_documents(folder, documents: dict) -> None:
+    """Each passage as `<id>.txt` in `folder`, what `learn` reads."""
+    for doc_id, text in documents.items():
+        (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+
+
+def gap_recovered(em: float, em_closed: float, em_context: float) -> float:
+    """The share of the closed-book -> in-context exact-match gap a memory recovers."""
+    return (em - em_closed) / max(em_context - em_closed, 1e-9)
 
 
 def learn_point(folder, point, config, base, workspace, exclude, progress):
@@ -387,7 +403,8 @@ def _table(points: dict) -> list[str]:
         def pts(task, key="acc_points"):
             return f"{d[task][key]:+.0f}" if task in d else ""
 
-        lines.append(f"| {name}{'' if 'requested' in p else ' ' + UNRECORDED} | {p['synthetic_tokens']:,} | {100 * p['scores']['em']:.1f} | "
+        mark = "" if "requested" in p else " " + UNRECORDED
+        lines.append(f"| {name}{mark} | {p['synthetic_tokens']:,} | {100 * p['scores']['em']:.1f} | "
                      f"{100 * p['scores']['f1']:.1f} | {100 * p['gap_recovered']:.0f}% | "
                      f"{p['general_mean_points']:+.1f} | {pts('arc_easy')} | {pts('piqa')} | {pts('boolq')} | "
                      f"{pts('triviaqa', 'match_points')} | {p['wikitext_ppl_pct']:+.1f}% | {p['learn_s']:.0f} s |")

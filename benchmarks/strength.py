@@ -3,8 +3,9 @@ alpha times s; s = 1 is the memory as trained), to see how much learning each bi
 
 Scaling a task update toward the base trades what it learned against what it changed elsewhere (weight
 interpolation, as in WiSE-FT); for a LoRA memory the scale is only its alpha, so a scaled memory is served
-like any other, and `learn --strength s` saves exactly the memory scored here at s. Same passages, questions, general tasks and base scores as benchmarks/plane.py, whose
-point names this takes (default: learn's default LoRA memory).
+like any other, and `learn --strength s` saves exactly the memory scored here at s. Same passages, questions,
+general tasks and base scores as benchmarks/plane.py, whose point names this takes (default: learn's default
+LoRA memory).
 
 Run as:
     python benchmarks/strength.py --out benchmarks/results/strength_tune                 # passages 1-8
@@ -46,7 +47,6 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
-    from inweights.evaluate.questions import load_squad
     from inweights.methods import METHODS
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
@@ -56,10 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("strength scales a LoRA memory; pick a lora point")
     scales = [float(s) for s in args.scales.split(",")]
     progress = not args.no_progress
-    documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.skip_passages + args.passages)
-    skipped = set(list(documents)[: args.skip_passages])
-    documents = {k: v for k, v in documents.items() if k not in skipped}
-    questions = [q for q in questions if q.doc not in skipped]
+    documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(DEFAULT_BASE)
     n = args.general_limit
     limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n, wikitext_tokens=args.wikitext_tokens)
@@ -100,8 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     workspace = Workspace()
     name = plane._memory_name(point) + "-strength"
     with tempfile.TemporaryDirectory() as folder:
-        for doc_id, text in documents.items():
-            (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+        plane.write_documents(folder, documents)
         config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
         t = time.perf_counter()
         from inweights.api import learn
@@ -120,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
             deltas = compare(results["base"]["general"], row["general"])
             row |= {"general_deltas": deltas, "general_mean_points": mean_change_points(deltas),
                     "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
-                    "gap_recovered": (row["scores"]["em"] - em_closed) / max(em_context - em_closed, 1e-9)}
+                    "gap_recovered": plane.gap_recovered(row["scores"]["em"], em_closed, em_context)}
             results["scales"][f"{s:g}"] = row
             print(f"scale {s:g}: EM {100 * row['scores']['em']:.1f}, gap {100 * row['gap_recovered']:.0f}%, general "
                   f"{row['general_mean_points']:+.1f} pts, wikitext {row['wikitext_ppl_pct']:+.1f}%", flush=True)
@@ -138,7 +134,8 @@ def _report(results: dict, out: Path) -> dict:
              f"Base model: closed-book EM {100 * b['scores']['em']:.1f}, in-context EM "
              f"{100 * b['in_context']['em']:.1f}. One memory, learned in {results.get('learn_s', 0):.0f} s, "
              "scored with its LoRA update scaled by s.", "",
-             "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | WikiText-2 ppl |",
+             "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | "
+             "WikiText-2 ppl |",
              "|" + "---|" * 10]
     for key, row in sorted(results["scales"].items(), key=lambda kv: -float(kv[0])):
         d = row["general_deltas"]

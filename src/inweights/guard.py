@@ -76,7 +76,7 @@ benchmarks/guard_targets.py and the handbook demo's first run; the plan's estima
 
 def replay_texts(base, n: int, cache_dir: Path, seed: int = 0, max_new_tokens: int = 64,
                  batch_size: int = 32, progress: bool = True, top_k: int = SAMPLE_TOP_K) -> list[str]:
-    """`n` general-text samples of the base model (cached by base fingerprint, n, seed and length). Writing
+    """`n` general-text samples of the base model (cached by base fingerprint, n, seed, length and top_k). Writing
     them takes about 1.3 s a sample on 2 CPU cores with the embedded model, once per base and n; the package
     ships the default 1,024 of the embedded model (`data/guard/`), written by this function, so that a fresh
     machine skips those 22 minutes whenever its converted model has the same fingerprint."""
