@@ -63,6 +63,7 @@ KNOBS = {
                                                "renormalised top k (0)"),
     "st": ("strength", float, "train", "strength", "LoRA: the saved update's scale"),
     "gk": ("guard_top_k", int, "train", "replay_top_k", "the guard's texts sampled from the top k tokens (0: all)"),
+    "rt": ("replay_tokens", int, "train", "replay_tokens", "the guard's rows cut to their first N tokens"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
 # Knobs whose config value is not the number in the point's name: Point attribute -> the value from that number.
@@ -96,6 +97,7 @@ class Point:
     kl_tail: int | None = None  # 1: the soft targets' KL with a rest-of-vocabulary bucket (TrainConfig.kl_tail)
     strength: float | None = None  # LoRA: the saved update's scale (TrainConfig.strength); None: its default
     guard_top_k: int | None = None  # the guard's texts' sampling top-k (TrainConfig.replay_top_k); None: its default
+    replay_tokens: int | None = None  # the guard's rows cut to N tokens (TrainConfig.replay_tokens); None: whole
 
     @property
     def name(self) -> str:

@@ -138,6 +138,38 @@ def test_learn_computes_guard_targets_only_for_the_rows_it_draws(tmp_path, works
               tmp_path / "run", progress=False, replay=replay)
 
 
+def test_replay_tokens_cuts_the_guard_rows_and_their_targets_to_a_prefix(workspace, tiny_model_dir):
+    """`replay_tokens` trains the guard on the first N tokens of each row, with the prefix of that row's targets
+    (the same numbers: a causal model's next-token targets for a prefix do not depend on what follows)."""
+    import torch
+
+    from inweights.api import _guard_rows
+    from inweights.config import SynthConfig
+    from inweights.models import load_base
+    from inweights.store import Workspace
+
+    base = load_base(str(tiny_model_dir), dtype="float32", device="cpu")
+    items = [(list(range(2, 12)), [-100] * 9 + [5]) for _ in range(40)]
+
+    def rows(**fields):
+        config = TrainConfig(epochs=2, replay_sequences=16, replay_fraction=0.5, **fields)
+        return _guard_rows(base, config, SynthConfig(), Workspace(), None, [], items, len(items), progress=False)[0]
+
+    whole, cut = rows(), rows(replay_tokens=12)
+    assert max(len(ids) for ids, _, _ in whole) > 12
+    assert len(whole) == len(cut)
+    drawn = 0
+    for (ids, top, logp), (cut_ids, cut_top, cut_logp) in zip(whole, cut):
+        assert cut_ids == ids[:12]
+        if cut_top is not None:
+            drawn += 1
+            assert top is not None and cut_top.shape[0] == len(cut_ids) - 1
+            assert torch.equal(cut_top, top[: len(cut_ids) - 1]) and torch.equal(cut_logp, logp[: len(cut_ids) - 1])
+    assert drawn > 0
+    with pytest.raises(ValueError, match="replay_tokens"):
+        TrainConfig(replay_tokens=1)
+
+
 def test_the_tail_bucket_makes_the_guard_penalise_sharpening():
     """The guard's KL over the base model's top k: renormalised, it rewards a student that moves the rest of the
     vocabulary's probability onto the top k (below its value at the teacher itself); with the rest as one more

@@ -261,10 +261,14 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
     replay = []
     if train_config.replay_fraction > 0:
         rows = replay_rows(base.tokenizer, texts, train_config.max_seq_len)
-        needed = replay_drawn([len(row[0]) for row in items], n_examples, [len(r) for r in rows],
+        cut = train_config.replay_tokens or None
+        needed = replay_drawn([len(row[0]) for row in items], n_examples, [len(r[:cut]) for r in rows],
                               [len(row[0]) for row in warmup], train_config)
         replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len, progress=progress,
                                 needed=needed)
+        if cut:  # a causal model's targets for a prefix are the prefix of the row's targets
+            replay = [(ids[:cut], None if top is None else top[: len(ids[:cut]) - 1],
+                       None if logp is None else logp[: len(ids[:cut]) - 1]) for ids, top, logp in replay]
     return replay, warmup
 
 
