@@ -11,13 +11,19 @@ Run as:
     python benchmarks/strength.py --out benchmarks/results/strength_tune                 # passages 1-8
     python benchmarks/strength.py --skip-passages 24 --passages 24 --general-limit 100 \
         --scales 1,0.7 --out benchmarks/results/strength_check24                          # confirmation half
-Outputs: strength.json (every number) and strength.md (table) in --out; an interrupted run resumes.
+    python benchmarks/strength.py --keep --scales 1,0.7 --profiles "L9-17=0.5;mlp=0.5;ramp=1:0.3" \
+        --out benchmarks/results/strength_profiles_tune                                   # by layer and module
+Outputs: strength.json (every number) and strength.md (table) in --out; an interrupted run resumes (with
+--keep, without learning again: the memory stays in the workspace and a later run scores more scales on it).
+A profile scales each LoRA module by its own factor (profile_factor) to see where the learning and the forgetting
+sit; `learn --strength` saves only the plain numbers.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import tempfile
 import time
@@ -33,6 +39,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--point", default="lora-sft-guard-facts-all", help="a plane.py point name (LoRA)")
     parser.add_argument("--scales", default="1,0.85,0.7,0.5", help="comma-separated scales of the update")
+    parser.add_argument("--profiles", default="",
+                        help="';'-separated scale profiles by layer and module, each 'selector=factor,...' (see "
+                             "profile_factor), e.g. 'L9-17=0.5;mlp=0.6;ramp=1:0.4'")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the learned memory in the workspace, and score a kept one instead of learning")
     parser.add_argument("--passages", type=int, default=8)
     parser.add_argument("--skip-passages", type=int, default=0)
     parser.add_argument("--general-limit", type=int, default=50)
@@ -47,14 +58,15 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
-    from inweights.methods import METHODS
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
 
     point = plane._parse(args.point)
     if point.method != "lora":
         raise SystemExit("strength scales a LoRA memory; pick a lora point")
-    scales = [float(s) for s in args.scales.split(",")]
+    scales = [f"{float(s):g}" for s in args.scales.split(",") if s] + [p for p in args.profiles.split(";") if p]
+    for key in scales:
+        profile_factor(key, "x.layers.0.mlp.up_proj", 1)  # a bad profile fails before learning
     progress = not args.no_progress
     documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(DEFAULT_BASE)
@@ -91,25 +103,31 @@ def main(argv: list[str] | None = None) -> dict:
     em_closed = results["base"]["scores"]["em"]
     em_context = results["base"]["in_context"]["em"]
     results.setdefault("scales", {})
-    todo = [s for s in scales if f"{s:g}" not in results["scales"]]
+    todo = [s for s in scales if s not in results["scales"]]
     if not todo:
         return _report(results, args.out)
     workspace = Workspace()
-    name = plane._memory_name(point) + "-strength"
+    name = plane._memory_name(point) + f"-strength-p{args.skip_passages + 1}-{args.skip_passages + args.passages}"
     with tempfile.TemporaryDirectory() as folder:
-        plane.write_documents(folder, documents)
-        config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
-        t = time.perf_counter()
-        from inweights.api import learn
+        kept = _kept(workspace, name, results) if args.keep else None
+        if kept is not None:
+            version = kept
+        else:
+            plane.write_documents(folder, documents)
+            config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
+            t = time.perf_counter()
+            from inweights.api import learn
 
-        version = learn([folder], name, config, base=base, workspace=workspace,
-                        exclude_questions=[q.question for q in questions], progress=progress)
-        results["learn_s"] = time.perf_counter() - t
-        results["manifest_config"] = version.manifest["config"]
+            version = learn([folder], name, config, base=base, workspace=workspace,
+                            exclude_questions=[q.question for q in questions], progress=progress)
+            results["learn_s"] = time.perf_counter() - t
+            results["manifest_config"] = version.manifest["config"]
+            results["memory"] = version.ref
+            save()
         for s in todo:
             loaded = load_memory(version.ref, base=base, workspace=workspace)
             try:
-                METHODS["lora"].scale(loaded.model, s)  # what learn --strength s saves
+                _apply(loaded.model, s)
                 row = evaluate(loaded.model)
             finally:
                 loaded.close()
@@ -117,12 +135,78 @@ def main(argv: list[str] | None = None) -> dict:
             row |= {"general_deltas": deltas, "general_mean_points": mean_change_points(deltas),
                     "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
                     "gap_recovered": plane.gap_recovered(row["scores"]["em"], em_closed, em_context)}
-            results["scales"][f"{s:g}"] = row
-            print(f"scale {s:g}: EM {100 * row['scores']['em']:.1f}, gap {100 * row['gap_recovered']:.0f}%, general "
+            results["scales"][s] = row
+            print(f"scale {s}: EM {100 * row['scores']['em']:.1f}, gap {100 * row['gap_recovered']:.0f}%, general "
                   f"{row['general_mean_points']:+.1f} pts, wikitext {row['wikitext_ppl_pct']:+.1f}%", flush=True)
             save()
-    plane._remove(workspace.memories_dir / name)
+    if not args.keep:
+        plane._remove(workspace.memories_dir / name)
     return _report(results, args.out)
+
+
+def _kept(workspace, name: str, results: dict):
+    """The memory this result file's learn run kept, if it is still in the workspace."""
+    from inweights.errors import InweightsError
+
+    try:
+        version = workspace.get(results.get("memory", ""))
+    except InweightsError:
+        return None
+    return version if version.ref.split("@")[0] == name else None
+
+
+def profile_factor(profile: str, module_name: str, n_layers: int) -> float:
+    """The factor a profile gives one LoRA module: the product of its matching entries. A profile is a plain
+    number (every module), or comma-separated 'selector=factor' entries whose selector is 'attn' or 'mlp' (the
+    module kind), 'La-b' (decoder layers a to b, from 0), 'La-b.attn' / 'La-b.mlp', or 'ramp=first:last' (a
+    factor linear in the layer index, first at layer 0 and last at the last layer)."""
+    try:
+        return float(profile)
+    except ValueError:
+        pass
+    layer_match = re.search(r"\.layers\.(\d+)\.", module_name)
+    layer = int(layer_match.group(1)) if layer_match else None
+    kind = "mlp" if any(p in module_name for p in ("gate_proj", "up_proj", "down_proj", ".mlp.")) else "attn"
+    factor = 1.0
+    for entry in profile.split(","):
+        selector, _, value = entry.partition("=")
+        if not value:
+            raise SystemExit(f"profile entry {entry!r} needs selector=factor")
+        if selector == "ramp":
+            first, last = (float(v) for v in value.split(":"))
+            if layer is not None:
+                factor *= first + (last - first) * layer / max(n_layers - 1, 1)
+            continue
+        layers, _, part = selector.partition(".") if selector.startswith("L") else ("", "", selector)
+        if part not in ("", "attn", "mlp"):
+            raise SystemExit(f"profile selector {selector!r}: the part must be attn or mlp")
+        if layers:
+            a, _, b = layers[1:].partition("-")
+            if layer is None or not int(a) <= layer <= int(b or a):
+                continue
+        if part in ("", kind):
+            factor *= float(value)
+    return factor
+
+
+def _apply(model, profile: str) -> None:
+    """Scale the memory by a profile: a plain number as `learn --strength` saves it, else module by module."""
+    from peft.tuners.lora import LoraLayer
+
+    from inweights.methods import METHODS
+    from inweights.methods.lora import decoder_layers
+
+    try:
+        METHODS["lora"].scale(model, float(profile))
+        return
+    except ValueError:
+        pass
+    n_layers = len(decoder_layers(model))
+    for module_name, module in model.named_modules():
+        if isinstance(module, LoraLayer):
+            f = profile_factor(profile, module_name, n_layers)
+            for adapter in module.scaling:
+                module.scaling[adapter] *= f
 
 
 def _report(results: dict, out: Path) -> dict:
@@ -137,7 +221,13 @@ def _report(results: dict, out: Path) -> dict:
              "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | "
              "WikiText-2 ppl |",
              "|" + "---|" * 10]
-    for key, row in sorted(results["scales"].items(), key=lambda kv: -float(kv[0])):
+    def order(kv):
+        try:
+            return (0, -float(kv[0]))
+        except ValueError:
+            return (1, kv[0])
+
+    for key, row in sorted(results["scales"].items(), key=order):
         d = row["general_deltas"]
         pts = [f"{d[t][k]:+.0f}" if t in d else "" for t, k in (("arc_easy", "acc_points"), ("piqa", "acc_points"),
                                                                ("boolq", "acc_points"), ("triviaqa", "match_points"))]
