@@ -109,12 +109,13 @@ def main(argv: list[str] | None = None) -> dict:
     workspace = Workspace()
     name = plane._memory_name(point) + f"-strength-p{args.skip_passages + 1}-{args.skip_passages + args.passages}"
     with tempfile.TemporaryDirectory() as folder:
-        kept = _kept(workspace, name, results) if args.keep else None
+        config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
+        kept = _kept(workspace, name, config) if args.keep else None
         if kept is not None:
             version = kept
+            results.setdefault("memory", version.ref)
         else:
             plane.write_documents(folder, documents)
-            config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
             t = time.perf_counter()
             from inweights.api import learn
 
@@ -144,15 +145,30 @@ def main(argv: list[str] | None = None) -> dict:
     return _report(results, args.out)
 
 
-def _kept(workspace, name: str, results: dict):
-    """The memory this result file's learn run kept, if it is still in the workspace."""
+def _kept(workspace, name: str, config):
+    """The newest version of memory `name` in the workspace, if it was learned with this config: every setting
+    the same, except those the config leaves to `learn` (None, recorded resolved) and those added since the
+    memory was learned (absent from its manifest; they must be at their defaults)."""
+    import dataclasses
+
+    from inweights.config import LearnConfig
     from inweights.errors import InweightsError
 
     try:
-        version = workspace.get(results.get("memory", ""))
+        version = workspace.get(name)
     except InweightsError:
         return None
-    return version if version.ref.split("@")[0] == name else None
+    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
+    default = json.loads(json.dumps(dataclasses.asdict(LearnConfig())))
+    have = version.manifest["config"]
+
+    def same(want, got, dflt) -> bool:
+        if isinstance(want, dict):
+            return isinstance(got, dict) and all(
+                same(v, got[k], dflt.get(k)) if k in got else v == dflt.get(k) for k, v in want.items())
+        return want is None or want == got
+
+    return version if same(wanted, have, default) else None
 
 
 def profile_factor(profile: str, module_name: str, n_layers: int) -> float:
