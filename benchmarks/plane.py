@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  train=point.train_config())
             requested = _requested(config)
             done = results["points"].get(point.name)
-            if done is not None and done.get("requested") == requested:
+            if done is not None and "requested" in done and same_config(requested, done["requested"]):
                 continue
             if done is not None:  # a name means today's defaults: a result made under others is kept aside, rerun
                 results.setdefault("superseded", {}).setdefault(STALE, {})[point.name] = results["points"].pop(
@@ -320,6 +320,23 @@ def _requested(config) -> dict:
     from dataclasses import asdict
 
     return json.loads(json.dumps(asdict(config)))
+
+
+def same_config(wanted: dict, stored: dict) -> bool:
+    """Whether a stored config (a point's `requested`, or a memory's manifest) is the one `wanted` asks for (both
+    as `_requested` writes them): every setting equal, except those `wanted` leaves to `learn` (None; a manifest
+    records them resolved) and those added since the stored one was written (absent there; they must be at their
+    defaults, which is what the stored run used)."""
+    from inweights.config import LearnConfig
+
+    def same(want, got, default) -> bool:
+        if isinstance(want, dict):
+            return isinstance(got, dict) and all(
+                same(v, got[k], (default or {}).get(k)) if k in got else v == (default or {}).get(k)
+                for k, v in want.items())
+        return want is None or want == got
+
+    return same(wanted, stored, _requested(LearnConfig()))
 
 
 def _memory_name(point: Point) -> str:

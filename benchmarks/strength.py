@@ -146,29 +146,15 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def _kept(workspace, name: str, config):
-    """The newest version of memory `name` in the workspace, if it was learned with this config: every setting
-    the same, except those the config leaves to `learn` (None, recorded resolved) and those added since the
-    memory was learned (absent from its manifest; they must be at their defaults)."""
-    import dataclasses
-
-    from inweights.config import LearnConfig
+    """The newest version of memory `name` in the workspace, if it was learned with this config
+    (plane.same_config: settings learn resolved, or added since, count as asked)."""
     from inweights.errors import InweightsError
 
     try:
         version = workspace.get(name)
     except InweightsError:
         return None
-    wanted = json.loads(json.dumps(dataclasses.asdict(config)))
-    default = json.loads(json.dumps(dataclasses.asdict(LearnConfig())))
-    have = version.manifest["config"]
-
-    def same(want, got, dflt) -> bool:
-        if isinstance(want, dict):
-            return isinstance(got, dict) and all(
-                same(v, got[k], dflt.get(k)) if k in got else v == dflt.get(k) for k, v in want.items())
-        return want is None or want == got
-
-    return version if same(wanted, have, default) else None
+    return version if plane.same_config(plane._requested(config), version.manifest["config"]) else None
 
 
 def profile_factor(profile: str, module_name: str, n_layers: int) -> float:

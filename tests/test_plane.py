@@ -63,6 +63,18 @@ def test_a_stored_point_is_matched_by_its_config_not_its_name():
     assert stored == requested("lora-sft-guard-facts-all-kt1")  # spelling out today's default changes nothing
     assert stored != requested("lora-sft-guard-facts-all-kt0")  # what the same name meant before the KL fix
     assert stored != requested("lora-sft-guard-facts-all-rs64")
+    assert plane.same_config(requested("lora-sft-guard-facts-all"), stored)
+    assert not plane.same_config(requested("lora-sft-guard-facts-all-kt0"), stored)
+    # a setting added after the point ran is absent from its stored config: equal only at its default
+    older = json.loads(json.dumps(stored))
+    del older["train"]["replay_tokens"]
+    assert plane.same_config(requested("lora-sft-guard-facts-all"), older)
+    assert not plane.same_config(requested("lora-sft-guard-facts-all-rt32"), older)
+    # a manifest records what learn resolved (lr, epochs) where the point asked for the default (None)
+    resolved = json.loads(json.dumps(stored))
+    resolved["train"] |= {"lr": 5e-4, "epochs": 3}
+    assert plane.same_config(requested("lora-sft-guard-facts-all"), resolved)
+    assert not plane.same_config(requested("lora-sft-guard-facts-all-lr0.0002"), resolved)
 
 
 def test_strength_reaches_the_train_config():
