@@ -324,9 +324,8 @@ def _requested(config) -> dict:
 
 def same_config(wanted: dict, stored: dict) -> bool:
     """Whether a stored config (a point's `requested`, or a memory's manifest) is the one `wanted` asks for (both
-    as `_requested` writes them): every setting equal, except those `wanted` leaves to `learn` (None; a manifest
-    records them resolved) and those added since the stored one was written (absent there; they must be at their
-    defaults, which is what the stored run used)."""
+    as `_requested` writes them): every setting equal, except those added since the stored one was written
+    (absent there; they must be at their defaults, which is what the stored run used)."""
     from inweights.config import LearnConfig
 
     def same(want, got, default) -> bool:
@@ -334,7 +333,7 @@ def same_config(wanted: dict, stored: dict) -> bool:
             return isinstance(got, dict) and all(
                 same(v, got[k], (default or {}).get(k)) if k in got else v == (default or {}).get(k)
                 for k, v in want.items())
-        return want is None or want == got
+        return want == got
 
     return same(wanted, stored, _requested(LearnConfig()))
 

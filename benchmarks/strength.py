@@ -145,16 +145,29 @@ def main(argv: list[str] | None = None) -> dict:
     return _report(results, args.out)
 
 
+LEARN_RESOLVES = ("lr", "epochs")
+"""TrainConfig fields that None leaves to `learn`, whose manifest records the value it chose."""
+
+
+def learned_with(config, manifest_config: dict) -> bool:
+    """Whether a memory whose manifest records `manifest_config` was learned with `config`: plane.same_config,
+    with the fields `config` left to learn taken as the manifest records them."""
+    wanted = plane._requested(config)
+    for key in LEARN_RESOLVES:
+        if wanted["train"][key] is None:
+            wanted["train"][key] = manifest_config.get("train", {}).get(key)
+    return plane.same_config(wanted, manifest_config)
+
+
 def _kept(workspace, name: str, config):
-    """The newest version of memory `name` in the workspace, if it was learned with this config
-    (plane.same_config: settings learn resolved, or added since, count as asked)."""
+    """The newest version of memory `name` in the workspace, if it was learned with this config."""
     from inweights.errors import InweightsError
 
     try:
         version = workspace.get(name)
     except InweightsError:
         return None
-    return version if plane.same_config(plane._requested(config), version.manifest["config"]) else None
+    return version if learned_with(config, version.manifest["config"]) else None
 
 
 def profile_factor(profile: str, module_name: str, n_layers: int) -> float:

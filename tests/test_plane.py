@@ -70,11 +70,25 @@ def test_a_stored_point_is_matched_by_its_config_not_its_name():
     del older["train"]["replay_tokens"]
     assert plane.same_config(requested("lora-sft-guard-facts-all"), older)
     assert not plane.same_config(requested("lora-sft-guard-facts-all-rt32"), older)
-    # a manifest records what learn resolved (lr, epochs) where the point asked for the default (None)
+    # a setting the point leaves unset must be unset in the stored run too (plane.py --teacher keeps the name)
+    taught = json.loads(json.dumps(stored))
+    taught["synth"]["teacher"] = "http://localhost:8000/v1"
+    assert not plane.same_config(requested("lora-sft-guard-facts-all"), taught)
+    # a memory's manifest records what learn resolved (lr, epochs) where the point asked for the default (None)
+    _strength_spec = importlib.util.spec_from_file_location("strength", Path(plane.__file__).parent / "strength.py")
+    strength = importlib.util.module_from_spec(_strength_spec)
+    _strength_spec.loader.exec_module(strength)
     resolved = json.loads(json.dumps(stored))
     resolved["train"] |= {"lr": 5e-4, "epochs": 3}
-    assert plane.same_config(requested("lora-sft-guard-facts-all"), resolved)
-    assert not plane.same_config(requested("lora-sft-guard-facts-all-lr0.0002"), resolved)
+    assert not plane.same_config(requested("lora-sft-guard-facts-all"), resolved)
+
+    def config(name):
+        point = plane._parse(name)
+        return LearnConfig(synth=point.synth_config(), train=point.train_config())
+
+    assert strength.learned_with(config("lora-sft-guard-facts-all"), resolved)
+    assert not strength.learned_with(config("lora-sft-guard-facts-all-lr0.0002"), resolved)
+    assert not strength.learned_with(config("lora-sft-guard-facts-all-ep5"), resolved)
 
 
 def test_strength_reaches_the_train_config():

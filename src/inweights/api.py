@@ -266,9 +266,9 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
                               [len(row[0]) for row in warmup], train_config)
         replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len, progress=progress,
                                 needed=needed)
-        if cut:  # a causal model's targets for a prefix are the prefix of the row's targets
-            replay = [(ids[:cut], None if top is None else top[: len(ids[:cut]) - 1],
-                       None if logp is None else logp[: len(ids[:cut]) - 1]) for ids, top, logp in replay]
+        if cut:  # a causal model's targets for a prefix are the prefix of the row's targets (one per next token)
+            replay = [(ids[:cut], *(None if t is None else t[: cut - 1] for t in (top, logp)))
+                      for ids, top, logp in replay]
     return replay, warmup
 
 
