@@ -160,12 +160,17 @@ def learned_with(config, manifest_config: dict) -> bool:
 
 
 def _kept(workspace, name: str, config):
-    """The newest version of memory `name` in the workspace, if it was learned with this config."""
+    """The newest version of memory `name` in the workspace, if it was learned with this config by today's
+    strategies (a manifest without their versions predates a change to them)."""
     from inweights.errors import InweightsError
+    from inweights.synth import strategy_versions
 
     try:
         version = workspace.get(name)
     except InweightsError:
+        return None
+    made_by = version.manifest.get("synthetic", {}).get("strategy_versions")
+    if made_by != strategy_versions(config.synth):
         return None
     return version if learned_with(config, version.manifest["config"]) else None
 

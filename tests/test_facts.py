@@ -27,6 +27,34 @@ def test_pronouns_are_resolved_to_the_last_named_subject():
                    for q in f.questions)
 
 
+@pytest.mark.parametrize("text, resolved", [
+    # "they" is the last plural subject, though the tagger calls the Panthers a PERSON
+    ("The Panthers finished the season with a 15–1 record. They defeated the Arizona Cardinals.",
+     "The Panthers defeated the Arizona Cardinals."),
+    # an object pronoun takes the person named earlier in its own sentence, not the last sentence's subject, and
+    # "they" is not "three turnovers"
+    ("Von Miller was named MVP. Denver's defense sacked Newton seven times and forced him into three turnovers, "
+     "including a fumble which they recovered.",
+     "Denver's defense sacked Newton seven times and forced Newton into three turnovers, including a fumble which "
+     "they recovered."),
+    # a subject pronoun continues the last sentence's subject, even one the tagger did not call a person, before a
+    # person named later in that sentence
+    ("Tesla gained experience in telephony before emigrating in 1884 to work for Thomas Edison. He soon struck out "
+     "on his own.", "Tesla soon struck out on Tesla's own."),
+    # a "he" and a "she" in one sentence never take the same name
+    ("Marie Curie met Pierre in Paris. He married her in 1895.", "Marie Curie married Pierre in 1895."),
+    # a possessive on the subject continues the last subject too; "it" is no date
+    ("It covers the area of 43 ha. Its central area corresponds to the forms of the palace.",
+     "Wilanów Palace Park's central area corresponds to the forms of the palace."),
+    ("Rollo took the land. Rollo and his men pledged their loyalty to the king.",
+     "Rollo and Rollo's men pledged their loyalty to the king."),
+])
+def test_pronouns_agree_with_their_antecedent(text, resolved):
+    if text.startswith("It covers"):
+        text = "Wilanów Palace Park is in Warsaw. " + text
+    assert resolved in [s.text for s in analyse(text)]
+
+
 def test_a_chunk_that_opens_with_it_names_its_topic():
     sentences = analyse("Demographically, it was the most diverse city in Poland. Warsaw has 2 million people.")
     assert sentences[0].text == "Demographically, Warsaw was the most diverse city in Poland."

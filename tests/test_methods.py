@@ -12,6 +12,7 @@ from inweights.config import resolve_train
 from inweights.evaluate.metrics import option_logliks
 from inweights.methods import METHODS
 from inweights.models import load_base
+from inweights.synth import STRATEGIES
 
 SMALL = {"tinylora": {}, "full": {}, "lora": {}, "cartridge": {"prefix_tokens": 8},
          "memory_layer": {"memory_slots": 256, "memory_topk": 4, "memory_trainable_rows": 32}}
@@ -84,6 +85,7 @@ def test_learn_and_ask_with_every_method(name, base, tmp_path, tiny_model_dir):
     manifest = version.manifest
     assert manifest["method"] == name and manifest["training"]["trainable_parameters"] > 0
     assert manifest["synthetic"]["pool"] >= manifest["synthetic"]["examples"]
+    assert manifest["synthetic"]["strategy_versions"] == {"selfstudy": STRATEGIES["selfstudy"].VERSION}
     assert isinstance(ask("m", "When did the Oslo office open?", base=base, workspace=workspace), str)
     questions = ["Who founded Fjordlight?", "When did the Oslo office open?"]
     plain = load_memory(None, base=base).answer(questions)

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from inweights.synth import STRATEGIES
+
 _spec = importlib.util.spec_from_file_location("plane", Path(__file__).parents[1] / "benchmarks" / "plane.py")
 plane = sys.modules["plane"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(plane)
@@ -89,6 +91,21 @@ def test_a_stored_point_is_matched_by_its_config_not_its_name():
     assert strength.learned_with(config("lora-sft-guard-facts-all"), resolved)
     assert not strength.learned_with(config("lora-sft-guard-facts-all-lr0.0002"), resolved)
     assert not strength.learned_with(config("lora-sft-guard-facts-all-ep5"), resolved)
+
+    # a kept memory is reused only when today's strategies made its examples (a parser change makes new ones)
+    class Kept:
+        manifest = {"config": resolved, "synthetic": {}}
+
+    class Workspace:
+        def get(self, name):
+            return Kept
+
+    wanted = config("lora-sft-guard-facts-all")
+    assert strength._kept(Workspace(), "m", wanted) is None  # from before the manifest recorded the versions
+    Kept.manifest["synthetic"]["strategy_versions"] = {"facts": STRATEGIES["facts"].VERSION}
+    assert strength._kept(Workspace(), "m", wanted) is Kept
+    Kept.manifest["synthetic"]["strategy_versions"] = {"facts": STRATEGIES["facts"].VERSION - 1}
+    assert strength._kept(Workspace(), "m", wanted) is None
 
 
 def test_strength_reaches_the_train_config():

@@ -32,7 +32,7 @@ from inweights.models import Base, load_base, resolve_device, resolve_dtype
 from inweights.store import MANIFEST, MemoryVersion, Workspace, validate_name, write_atomic
 from inweights.prompt import has_chat_template, qa_prompt, render
 from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
-                              items_per_fact, synthesize, token_counter, within_budget)
+                              items_per_fact, strategy_versions, synthesize, token_counter, within_budget)
 from inweights.synth.teacher import make_teacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
@@ -154,7 +154,8 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
                           "replay_drawn": sum(1 for row in replay if row[1] is not None),
                           "warmup_examples": len(warmup), "held_out_wordings": len(held_out),
                           "items_per_fact": per_fact, "tokens": sum(len(row[0]) for row in items),
-                          "by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                          "by_strategy": synth_stats, "strategy_versions": strategy_versions(config.synth),
+                          "teacher": teacher.id if teacher else "none",
                           "teacher_usage": getattr(teacher, "usage", None),
                           "dropped_matching_eval_questions": decontaminated, "diversity": diversity(examples)})
 
@@ -326,7 +327,8 @@ def _update(parent: MemoryVersion, records: list[dict], chunks, memory: str, con
     timings["synthesize_s"] = time.perf_counter() - t
     version, _ = _train_update(parent, records, memory, config, base, workspace, cache, fresh, rehearsal_pool,
                                current, old, missing, change, exclude_questions, progress, timings, t_start,
-                               {"by_strategy": synth_stats, "teacher": teacher.id if teacher else "none",
+                               {"by_strategy": synth_stats, "strategy_versions": strategy_versions(config.synth),
+                                "teacher": teacher.id if teacher else "none",
                                 "teacher_usage": getattr(teacher, "usage", None),
                                 "dropped_matching_eval_questions": decontaminated}, mode="update")
     return version

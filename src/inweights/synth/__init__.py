@@ -86,6 +86,11 @@ class _Registry(dict):
 STRATEGIES = _Registry()
 
 
+def strategy_versions(config) -> dict[str, int]:
+    """The version of each strategy a SynthConfig runs: what its examples were made by (manifests record it)."""
+    return {name: STRATEGIES[name].VERSION for name in config.strategies}
+
+
 # Settings that do not change what a strategy makes (the teacher's URL and model are in its id).
 _NOT_IN_KEY = ("strategies", "teacher_batch_size", "budget", "teacher", "teacher_model", "teacher_concurrency",
                "teacher_timeout", "teacher_deadline", "teacher_key_env")

@@ -23,7 +23,7 @@ from inweights.synth import Example, qa_example
 from inweights.synth.parse import analyse
 
 NAME = "facts"
-VERSION = 2  # 2: each question tagged by the wording parse.py made it with (1 guessed it from their number)
+VERSION = 3  # 3: pronouns resolved by agreement and salience (2: to the last subject); 2: each question tagged by its wording
 NEEDS_TEACHER = False
 SHUFFLES_PER_CHUNK = 2
 """Plain-text copies of each chunk with its (resolved) sentences in a shuffled order, with `views` on."""

@@ -68,12 +68,11 @@ def analyse(text: str, max_facts: int = 8) -> list[Sentence]:
     out: list[Sentence] = []
     lines = [line.strip().lstrip("#*-> ").strip() for line in re.split(r"\n+", text)]
     docs = list(nlp().pipe([line for line in lines if line]))
-    antecedents = _topics(docs)
+    resolver = _Resolver(docs)
     for sent in (s for doc in docs for s in doc.sents):
         if len([t for t in sent if t.is_alpha]) < 3:
             continue
-        resolved = _resolve(sent, antecedents)
-        _remember(sent, antecedents)
+        resolved = resolver.resolve(sent)
         if resolved != sent.text.strip():
             # Parse the resolved sentence again: the questions are built from its own tokens.
             sent = next(iter(nlp()(resolved).sents))
@@ -85,44 +84,168 @@ def analyse(text: str, max_facts: int = 8) -> list[Sentence]:
 
 
 # --- pronouns ---
+# spaCy's small pipeline has no coreference, so pronouns are resolved by agreement and salience: a pronoun takes
+# the most salient earlier mention that agrees with it in number and kind (a person for "he"/"she", a singular
+# non-person for "it", a plural for "they"), where salience is the subject of the previous sentence for a subject
+# pronoun, and the nearest earlier mention for any other. The named-entity label alone is not trusted: the small
+# model calls "the Panthers" a PERSON and "Chopin" an ORG, so the word's number (NNS/NNPS) decides plurality and a
+# singular proper name that is no place, date or number may stand for a person. A "he" and a "she" in one
+# sentence never take the same name, nor does an object pronoun take its own clause's subject ("Denver's defense
+# sacked Newton and forced him into turnovers": him is Newton).
 
-def _resolve(sent, antecedents: dict[str, str]) -> str:
-    """The sentence with its personal pronouns replaced by the last named subject of the matching kind."""
-    parts = []
-    for token in sent:
-        low = token.lower_
-        kind = ("person" if low in _PERSON_PRONOUNS else "thing" if low in _THING_PRONOUNS
-                else "plural" if low in _PLURAL_PRONOUNS else None)
-        name = antecedents.get(kind) if kind and token.tag_ in ("PRP", "PRP$") else None
-        if name and low == "it" and _expletive(token):
+_NUMBERS = {"DATE", "TIME", "CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL"}
+_NOT_PEOPLE = {"DATE", "TIME", "CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL",
+               "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE", "NORP"}
+_FEMININE, _MASCULINE = {"she", "her", "hers", "herself"}, {"he", "him", "his", "himself"}
+
+
+@dataclass
+class _Mention:
+    name: str
+    plural: bool
+    person: bool       # labelled PERSON by the tagger
+    maybe_person: bool  # a singular proper name that could be a person's
+    labelled: bool     # tagged an organisation or place (the small model tags some people so: "Newton")
+    proper: bool       # headed by a proper noun
+    subject: bool      # the subject of its sentence's main clause
+    sentence: int
+    position: int      # token index in its sentence's doc
+
+
+class _Resolver:
+    """Mentions met so far in one chunk, oldest first, and the gender each name's pronouns showed."""
+
+    def __init__(self, docs):
+        self.mentions: list[_Mention] = []
+        self.gender: dict[str, str] = {}
+        self.sentence = -1
+        self.fallback = _topics(docs)
+
+    def resolve(self, sent) -> str:
+        """The sentence with its personal pronouns replaced by their antecedents; its mentions remembered."""
+        self.sentence += 1
+        own = [m for m in _mentions(sent, self.sentence)]
+        parts, used = [], {}  # used: name -> gender of the pronoun it took in this sentence
+        for token in sent:
+            low = token.lower_
+            kind = ("person" if low in _PERSON_PRONOUNS else "thing" if low in _THING_PRONOUNS
+                    else "plural" if low in _PLURAL_PRONOUNS else None)
             name = None
-        if name:
-            # Possessive by its tag, or by its role where the tagger took a possessive "her" for an object.
-            possessive = low in _POSSESSIVE and (token.tag_ == "PRP$" or token.dep_ == "poss")
-            replacement = f"{name}'s" if possessive else name
-            parts.append(replacement + token.whitespace_)
-        else:
-            parts.append(token.text_with_ws)
-    text = "".join(parts).strip()
-    return text[0].upper() + text[1:] if text else text
+            if kind and token.tag_ in ("PRP", "PRP$") and not low.endswith("self") and \
+                    not (low == "it" and _expletive(token)):
+                name = self._antecedent(token, kind, [m for m in own if m.position < token.i], used)
+                if name:
+                    gender = "f" if low in _FEMININE else "m" if low in _MASCULINE else None
+                    if gender:
+                        used[name] = gender
+                        self.gender.setdefault(name, gender)
+                        own.append(_Mention(name, False, True, True, False, True, token.dep_ in ("nsubj", "nsubjpass")
+                                            and token.head.dep_ == "ROOT", self.sentence, token.i))
+                    else:
+                        own.append(_Mention(name, kind == "plural", False, False, False, True, token.dep_ in ("nsubj", "nsubjpass")
+                                            and token.head.dep_ == "ROOT", self.sentence, token.i))
+            if name:
+                # Possessive by its tag, or by its role where the tagger took a possessive "her" for an object.
+                possessive = low in _POSSESSIVE and (token.tag_ == "PRP$" or token.dep_ == "poss")
+                genitive = f"{name}'" if kind == "plural" and name.endswith("s") else f"{name}'s"
+                parts.append((genitive if possessive else name) + token.whitespace_)
+            else:
+                parts.append(token.text_with_ws)
+        self.mentions += sorted(own, key=lambda m: m.position)
+        text = "".join(parts).strip()
+        return text[0].upper() + text[1:] if text else text
+
+    def _antecedent(self, token, kind: str, earlier: list[_Mention], used: dict[str, str]) -> str | None:
+        gender = "f" if token.lower_ in _FEMININE else "m" if token.lower_ in _MASCULINE else None
+
+        def agrees(m: _Mention) -> bool:
+            if kind != "person" and not (m.subject or m.proper or kind == "thing" and m.name.startswith("the ")):
+                return False  # "they" is not "three turnovers", nor "it" "a pond"
+            if kind == "plural":
+                return m.plural
+            if m.plural:
+                return False
+            if kind == "thing":
+                return not m.person
+            if not m.maybe_person:
+                return False
+            if gender and (self.gender.get(m.name, gender) != gender or used.get(m.name, gender) != gender):
+                return False
+            return True
+
+        clause_subject = _clause_subject(token)
+        if token.dep_ in ("dobj", "pobj", "dative") and clause_subject is not None:  # not its own clause's subject
+            earlier = [m for m in earlier if m.position != clause_subject.i]
+        previous = [m for m in self.mentions if m.sentence == self.sentence - 1]
+        reaches = [earlier[::-1], self.mentions[::-1]]  # this sentence first, then back through the chunk
+        if token.dep_ in ("nsubj", "nsubjpass") or token.dep_ == "poss" and token.head.dep_ in ("nsubj", "nsubjpass"):
+            # a subject ("He ...", "His work ...") continues the last sentence's subject
+            # (for "he"/"she", a tagged person or a one-word name: not "Fjordlight Instruments", which the tagger
+            # left unlabelled, before the founder named in the same sentence)
+            reaches.insert(0, [m for m in previous if m.subject and (kind != "person" or m.person or " " not in m.name)])
+        for reach in reaches:
+            candidates = [m for m in reach if agrees(m)]
+            if kind == "person":  # within one reach: a tagged person, an untagged name, an organisation or place;
+                # among equals a subject, then the nearest (the sort is stable)
+                candidates.sort(key=lambda m: (_rank(m), not m.subject))
+            if candidates:
+                return candidates[0].name
+        return self.fallback.get(kind)
+
+
+def _rank(m: _Mention) -> int:
+    """How likely a mention is a person: tagged so (0), an untagged name (1), a one-word name tagged an
+    organisation or place ("Tesla", 2), a longer one ("Fjordlight Instruments", 3)."""
+    return 0 if m.person else 1 if not m.labelled else 2 if " " not in m.name else 3
+
+
+def _clause_subject(token):
+    """The subject of the clause the token belongs to (its verb's nsubj), if any."""
+    verb = token.head if token.dep_ != "pobj" else token.head.head
+    return next((c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass")), None)
+
+
+def _mentions(sent, sentence: int) -> list[_Mention]:
+    """The named noun phrases of a sentence (subjects, objects, prepositional objects, appositions)."""
+    out = []
+    for token in sent:
+        if token.dep_ not in ("nsubj", "nsubjpass", "dobj", "pobj", "attr", "appos", "conj", "dative", "ROOT") \
+                or token.pos_ not in ("PROPN", "NOUN") or token.ent_type_ in _NUMBERS:
+            continue
+        name = _name_of(token)
+        if not name:
+            continue
+        definite = any(c.dep_ == "det" and c.lower_ == "the" for c in token.children)
+        plural = token.tag_ in ("NNS", "NNPS") or token.tag_ == "NNP" and definite and name.endswith("s") and \
+            not name.endswith("ss")  # "the Broncos", tagged singular
+        if plural and token.tag_ != "NNS" and definite and not name.startswith("the "):
+            name = f"the {name}"
+        person = token.ent_type_ == "PERSON" and not plural
+        labelled = token.ent_type_ in ("GPE", "LOC", "FAC", "ORG")
+        maybe = person or (token.tag_ == "NNP" and (labelled or token.ent_type_ not in _NOT_PEOPLE))
+        subject = token.dep_ in ("nsubj", "nsubjpass") and token.head.dep_ == "ROOT"
+        proper = token.tag_ in ("NNP", "NNPS")
+        out.append(_Mention(name, plural, person, maybe, labelled, proper, subject, sentence, token.i))
+    return out
 
 
 def _topics(docs) -> dict[str, str]:
     """Antecedents for pronouns met before any subject was named (a chunk that starts "It was ..."): the
-    chunk's most frequent person, and its most frequent place or organisation."""
-    people, things = Counter(), Counter()
+    chunk's most frequent person, its most frequent place or organisation, and its most frequent plural name."""
+    people, things, plurals = Counter(), Counter(), Counter()
     for doc in docs:
         for ent in doc.ents:
             weight = 2 if ent.root.dep_ in ("nsubj", "nsubjpass") else 1  # what the text is about is its subject
-            if ent.label_ == "PERSON":
+            if ent.root.tag_ == "NNPS":
+                plurals[_strip_det(ent.text)] += weight
+            elif ent.label_ == "PERSON":
                 people[_strip_det(ent.text)] += weight
             elif ent.label_ in ("GPE", "ORG", "LOC", "FAC", "PRODUCT", "EVENT"):
                 things[_strip_det(ent.text)] += weight
     topics = {}
-    if people:
-        topics["person"] = people.most_common(1)[0][0]
-    if things:
-        topics["thing"] = things.most_common(1)[0][0]
+    for kind, counts in (("person", people), ("thing", things), ("plural", plurals)):
+        if counts:
+            topics[kind] = counts.most_common(1)[0][0]
     return topics
 
 
@@ -133,23 +256,6 @@ def _expletive(token) -> bool:
         and head.lemma_ == "be"
 
 
-def _remember(sent, antecedents: dict[str, str]) -> None:
-    """The sentence's subject (or first entity) becomes the antecedent of the pronouns that match its kind."""
-    for token in sent:
-        if token.dep_ in ("nsubj", "nsubjpass") and token.head.dep_ == "ROOT":
-            name = _name_of(token)
-            if name:
-                kind = "person" if token.ent_type_ == "PERSON" else "plural" if token.tag_ in ("NNS", "NNPS") \
-                    else "thing"
-                antecedents[kind] = name
-                if kind == "plural" and token.tag_ == "NNPS":
-                    antecedents["thing"] = name
-            return
-    for ent in sent.ents:
-        if ent.label_ == "PERSON" and "person" not in antecedents:
-            antecedents["person"] = ent.text
-
-
 def _name_of(token) -> str | None:
     """A subject worth naming again: a named entity, a proper-noun phrase or a definite noun phrase with a name
     in it ("the Bergen office"); never a pronoun."""
@@ -158,7 +264,10 @@ def _name_of(token) -> str | None:
     core = _core_np(token)
     ents = [e for e in token.doc.ents if e.start <= token.i < e.end]
     if ents and ents[0].start <= core.start and ents[0].end >= core.end:
-        return _strip_det(ents[0].text)
+        name = _strip_det(ents[0].text)
+        return f"the {name}" if token.tag_ == "NNPS" and ents[0][0].lower_ == "the" else name
+    if token.tag_ == "NNPS" and core[0].lower_ == "the":  # "the Panthers", as a reader names them
+        return "the " + core[1:].text
     if token.tag_ in ("NNP", "NNPS"):
         return _strip_det(core.text)
     if any(t.tag_ in ("NNP", "NNPS") or t.ent_type_ for t in core) or core[0].lower_ == "the":
