@@ -46,6 +46,9 @@ def test_pronouns_are_resolved_to_the_last_named_subject():
     # a possessive on the subject continues the last subject too; "it" is no date
     ("It covers the area of 43 ha. Its central area corresponds to the forms of the palace.",
      "Wilanów Palace Park's central area corresponds to the forms of the palace."),
+    # no guess from a person the chunk names only later and never as a subject
+    ("His translation of the Bible made the text accessible. His marriage to Katharina von Bora set a model.",
+     "His translation of the Bible made the text accessible."),
     ("Rollo took the land. Rollo and his men pledged their loyalty to the king.",
      "Rollo and Rollo's men pledged their loyalty to the king."),
 ])

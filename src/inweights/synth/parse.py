@@ -231,21 +231,25 @@ def _mentions(sent, sentence: int) -> list[_Mention]:
 
 def _topics(docs) -> dict[str, str]:
     """Antecedents for pronouns met before any subject was named (a chunk that starts "It was ..."): the
-    chunk's most frequent person, its most frequent place or organisation, and its most frequent plural name."""
-    people, things, plurals = Counter(), Counter(), Counter()
+    chunk's most frequent person, place or organisation, and plural name, among those it makes a subject
+    somewhere (a chunk that opens "His translation ..." and names only his wife later leaves "His" alone)."""
+    people, things, plurals, subjects = Counter(), Counter(), Counter(), set()
     for doc in docs:
         for ent in doc.ents:
-            weight = 2 if ent.root.dep_ in ("nsubj", "nsubjpass") else 1  # what the text is about is its subject
+            name = _strip_det(ent.text)
+            if ent.root.dep_ in ("nsubj", "nsubjpass"):
+                subjects.add(name)
             if ent.root.tag_ == "NNPS":
-                plurals[_strip_det(ent.text)] += weight
+                plurals[name] += 1
             elif ent.label_ == "PERSON":
-                people[_strip_det(ent.text)] += weight
+                people[name] += 1
             elif ent.label_ in ("GPE", "ORG", "LOC", "FAC", "PRODUCT", "EVENT"):
-                things[_strip_det(ent.text)] += weight
+                things[name] += 1
     topics = {}
     for kind, counts in (("person", people), ("thing", things), ("plural", plurals)):
-        if counts:
-            topics[kind] = counts.most_common(1)[0][0]
+        named = [(n, c) for n, c in counts.most_common() if n in subjects]
+        if named:
+            topics[kind] = named[0][0]
     return topics
 
 
