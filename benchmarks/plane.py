@@ -175,6 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.evaluate.harness import mean_change_points
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
+    from inweights.synth import strategy_versions
 
     progress = not args.no_progress
     budgets = [int(b) for b in args.budgets.split(",")]
@@ -229,7 +230,9 @@ def main(argv: list[str] | None = None) -> dict:
                                  train=point.train_config())
             requested = _requested(config)
             done = results["points"].get(point.name)
-            if done is not None and "requested" in done and same_config(requested, done["requested"]):
+            if done is not None and "requested" in done and same_config(requested, done["requested"]) and \
+                    done.get("strategy_versions") in (None, strategy_versions(synth)) and \
+                    (done.get("strategy_versions") is not None or not _strategies_changed(synth)):
                 continue
             if done is not None:  # a name means today's defaults: a result made under others is kept aside, rerun
                 results.setdefault("superseded", {}).setdefault(STALE, {})[point.name] = results["points"].pop(
@@ -269,6 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "stopped_early": m["training"].get("stopped_early"),
                 "trainable_parameters": m["training"].get("trainable_parameters"),
                 "predictions": answers[:20], "requested": requested,
+                "strategy_versions": m["synthetic"].get("strategy_versions"),
             }
             print(f"{point.name}: EM {100 * scores['em']:.1f} (closed {100 * em_closed:.1f}, in-context "
                   f"{100 * em_context:.1f}), general {mean_change_points(deltas):+.1f} pts, wikitext "
@@ -320,6 +324,18 @@ def _requested(config) -> dict:
     from dataclasses import asdict
 
     return json.loads(json.dumps(asdict(config)))
+
+
+UNVERSIONED = {"facts": 2, "cloze": 2}
+"""The strategies' versions when points did not record them yet (plane results before `strategy_versions`);
+any other strategy has not changed since."""
+
+
+def _strategies_changed(synth) -> bool:
+    """Whether a strategy of this config makes other examples than it did before points recorded versions."""
+    from inweights.synth import STRATEGIES
+
+    return any(STRATEGIES[name].VERSION != UNVERSIONED.get(name, STRATEGIES[name].VERSION) for name in synth.strategies)
 
 
 def same_config(wanted: dict, stored: dict) -> bool:

@@ -111,3 +111,11 @@ def test_a_stored_point_is_matched_by_its_config_not_its_name():
 def test_strength_reaches_the_train_config():
     assert plane._parse("lora-sft-guard-facts-all-st0.7").train_config().strength == 0.7
     assert plane._parse("lora-sft-guard-facts-all-st0.7").name == "lora-sft-guard-facts-all-st0.7"
+
+
+def test_a_stored_point_made_by_older_strategies_is_run_again():
+    from inweights.config import SynthConfig
+
+    facts_only = SynthConfig(strategies=("facts",))
+    assert plane._strategies_changed(facts_only)  # facts changed (pronouns) since points recorded versions
+    assert not plane._strategies_changed(SynthConfig(strategies=("selfstudy",)))
