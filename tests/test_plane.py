@@ -117,5 +117,11 @@ def test_a_stored_point_made_by_older_strategies_is_run_again():
     from inweights.config import SynthConfig
 
     facts_only = SynthConfig(strategies=("facts",))
-    assert plane._strategies_changed(facts_only)  # facts changed (pronouns) since points recorded versions
-    assert not plane._strategies_changed(SynthConfig(strategies=("selfstudy",)))
+    assert not plane._strategies_changed(facts_only)  # facts makes what it made when points recorded no versions
+    changed = dict(plane.UNVERSIONED, facts=STRATEGIES["facts"].VERSION - 1)
+    original, plane.UNVERSIONED = plane.UNVERSIONED, changed
+    try:
+        assert plane._strategies_changed(facts_only)
+        assert not plane._strategies_changed(SynthConfig(strategies=("selfstudy",)))
+    finally:
+        plane.UNVERSIONED = original

@@ -4,15 +4,13 @@ For each sentence, with its pronouns resolved to the subject they stand for:
 - every fact (subject, object, time, place, agent, or an entity nested deeper) is asked in several wordings, all
   in the `Question: ... Answer:` format that `ask` uses: the fronted wh-question on the whole clause ("When was
   the game played at Levi's Stadium?"), the same on the clause core ("When was the game played?"), the question
-  in situ ("The game was played when?"), on a long sentence the same cut down to the path from its verb to the
-  answer ("brief": "Super Bowl 50 was an American football game to determine the champion for what season?")
-  and a fill-in-the-blank sentence. Asking for the subject and the object
+  in situ ("The game was played when?") and a fill-in-the-blank sentence. Asking for the subject and the object
   of one relation covers both of its directions ("Who founded the Radium Institute?" / "What did Marie Curie
   found?");
 - with `views` on, the sentence itself as plain text (resolved, so it names its subject), the sentence in other
   orders (a time or place phrase moved), and each chunk's sentences in shuffled orders.
 
-Each kind of item is tagged in `Example.strategy` ("facts:question", "facts:short", "facts:insitu", "facts:brief",
+Each kind of item is tagged in `Example.strategy` ("facts:question", "facts:short", "facts:insitu",
 "facts:cloze", "facts:statement", "facts:reorder", "facts:shuffle") so the budget takes from each evenly and the
 manifest counts them.
 """
@@ -25,7 +23,7 @@ from inweights.synth import Example, qa_example
 from inweights.synth.parse import analyse
 
 NAME = "facts"
-VERSION = 4  # 4: brief questions on long sentences, years inside noun phrases, coordinated names; 3: pronouns resolved by agreement and salience (2: to the last subject); 2: each question tagged by its wording
+VERSION = 2  # 2: each question tagged by the wording parse.py made it with (1 guessed it from their number)
 NEEDS_TEACHER = False
 SHUFFLES_PER_CHUNK = 2
 """Plain-text copies of each chunk with its (resolved) sentences in a shuffled order, with `views` on."""

