@@ -22,11 +22,15 @@ Run as:
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import plane  # noqa: E402  (the same passages and questions)
 
 ROOT = Path(__file__).resolve().parents[1]
 LOOKUPS = ((65536, 32), (65536, 128), (16384, 32), (4096, 32), (4096, 128), (1024, 32))  # (slots, topk)
@@ -86,23 +90,18 @@ def main(argv: list[str] | None = None) -> str:
     from inweights.config import SynthConfig, TrainConfig
     from inweights.corpus import chunk_documents, load_corpus
     from inweights.evaluate.metrics import normalize_answer
-    from inweights.evaluate.questions import load_squad
-    from inweights.methods.memory_layer import SparseMemory
+    from inweights.methods.memory_layer import SparseMemory, floored_std
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.prompt import ANSWER_CUE, qa_prompt, render
     from inweights.store import Workspace
     from inweights.synth import ExampleCache, strategy_versions, synthesize
     from inweights.train import tokenize_example
 
-    documents, questions = load_squad(args.data / "squad" / "squad_dev.jsonl", args.skip_passages + args.passages)
-    keep = list(documents)[args.skip_passages :]
-    documents = {d: documents[d] for d in keep}
-    questions = [q for q in questions if q.doc in documents]
+    documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(DEFAULT_BASE)
     tokenizer, model = base.tokenizer, base.model
     with tempfile.TemporaryDirectory() as folder:
-        for doc_id, text in documents.items():
-            (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
+        plane.write_documents(folder, documents)
         chunks = chunk_documents(load_corpus([folder]), tokenizer, SynthConfig.chunk_tokens)
     examples, _ = synthesize(chunks, None, SynthConfig(), ExampleCache(Workspace().cache_dir("synth")), progress=False)
     examples = [e for e in examples if e.prompt.endswith(ANSWER_CUE)]  # the QA items (views are plain text)
@@ -126,12 +125,12 @@ def main(argv: list[str] | None = None) -> str:
     for layer in layers:
         s, r = synth[layer], real[layer][covered]
         mean, std = s.mean(0), s.std(0)
-        std = std.clamp_min(1e-2 * float(std.median()) + 1e-8)
-        cos = F.normalize((r - mean) / std, dim=-1) @ F.normalize((s - mean) / std, dim=-1).T
+        floor = floored_std(std)  # the lookup's own standardisation, for the states' cosine too
+        cos = F.normalize((r - mean) / floor, dim=-1) @ F.normalize((s - mean) / floor, dim=-1).T
         row = {"layer": layer, "cosine": scores(cos, twins)}
         for slots, topk in LOOKUPS:
             memory = SparseMemory(s.shape[1], slots, topk, 1)
-            memory.standardise(mean, s.std(0))
+            memory.standardise(mean, std)
             row[(slots, topk)] = scores(read_weights(memory, r) @ read_weights(memory, s).T, twins)
         rows.append(row)
         print(layer, row, flush=True)

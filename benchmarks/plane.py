@@ -232,10 +232,10 @@ def main(argv: list[str] | None = None) -> dict:
                                  train=point.train_config())
             requested = _requested(config)
             done = results["points"].get(point.name)
-            if done is not None and "requested" in done and same_config(requested, done["requested"]) and \
-                    done.get("strategy_versions") in (None, strategy_versions(synth)) and \
-                    (done.get("strategy_versions") is not None or not _strategies_changed(synth)):
-                continue
+            if done is not None and "requested" in done and same_config(requested, done["requested"]):
+                made_by = done.get("strategy_versions")  # absent: stored before points recorded them
+                if made_by == strategy_versions(synth) if made_by is not None else not _strategies_changed(synth):
+                    continue
             if done is not None:  # a name means today's defaults: a result made under others is kept aside, rerun
                 results.setdefault("superseded", {}).setdefault(STALE, {})[point.name] = results["points"].pop(
                     point.name)

@@ -86,7 +86,7 @@ class SparseMemory(nn.Module):
     @torch.no_grad()
     def standardise(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Read (x - mean) / std instead of x: each input dimension centred and scaled before the projection."""
-        std = std.clamp_min(1e-2 * float(std.median()) + 1e-8)  # a constant dimension must not blow up
+        std = floored_std(std)
         raw = self.raw_query.to(self.query)
         self.query.copy_(raw / std.to(raw)[:, None])
         self.center.copy_((mean.to(raw) / std.to(raw)) @ raw)
@@ -107,6 +107,12 @@ class SparseMemory(nn.Module):
         rows = self.slot_row[slots].flatten(0, -2)
         out = F.embedding_bag(rows, table, per_sample_weights=weights.flatten(0, -2).to(table.dtype), mode="sum")
         return out.unflatten(0, x.shape[:-1]).to(x.dtype)
+
+
+def floored_std(std: torch.Tensor) -> torch.Tensor:
+    """Per-dimension standard deviations floored at a hundredth of their median: a constant dimension must not
+    blow up when the memory's input is divided by them."""
+    return std.clamp_min(1e-2 * float(std.median()) + 1e-8)
 
 
 class MemoryMLP(nn.Module):
