@@ -1,5 +1,6 @@
-"""Memory strength: one LoRA memory learned once, then scored with its update scaled by s (the adapter's
-alpha times s; s = 1 is the memory as trained), to see how much learning each bit of forgetting buys back.
+"""Memory strength: one LoRA or memory-layer memory learned once, then scored with its update scaled by s (the
+adapter's alpha, or the memory layer's value rows, times s; s = 1 is the memory as trained), to see how much
+learning each bit of forgetting buys back.
 
 Scaling a task update toward the base trades what it learned against what it changed elsewhere (weight
 interpolation, as in WiSE-FT); for a LoRA memory the scale is only its alpha, so a scaled memory is served
@@ -37,7 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--point", default="lora-sft-guard-facts-all", help="a plane.py point name (LoRA)")
+    parser.add_argument("--point", default="lora-sft-guard-facts-all",
+                        help="a plane.py point name (LoRA or memory_layer)")
     parser.add_argument("--scales", default="1,0.85,0.7,0.5", help="comma-separated scales of the update")
     parser.add_argument("--profiles", default="",
                         help="';'-separated scale profiles by layer and module, each 'selector=factor,...' (see "
@@ -62,9 +64,9 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.store import Workspace
 
     point = plane._parse(args.point)
-    if point.method != "lora":
-        raise SystemExit("strength scales a LoRA memory; pick a lora point")
     scales = [f"{float(s):g}" for s in args.scales.split(",") if s] + [p for p in args.profiles.split(";") if p]
+    if point.method not in ("lora", "memory_layer") or (point.method != "lora" and args.profiles):
+        raise SystemExit("strength scales a LoRA or memory_layer memory (profiles: LoRA only)")
     for key in scales:
         profile_factor(key, "x.layers.0.mlp.up_proj", 1)  # a bad profile fails before learning
     progress = not args.no_progress
@@ -217,10 +219,13 @@ def _apply(model, profile: str) -> None:
     from inweights.methods.lora import decoder_layers
 
     try:
-        METHODS["lora"].scale(model, float(profile))
-        return
+        factor = float(profile)
     except ValueError:
-        pass
+        factor = None
+    if factor is not None:
+        method = "lora" if any(isinstance(m, LoraLayer) for m in model.modules()) else "memory_layer"
+        METHODS[method].scale(model, factor)
+        return
     n_layers = len(decoder_layers(model))
     for module_name, module in model.named_modules():
         if isinstance(module, LoraLayer):
@@ -237,7 +242,8 @@ def _report(results: dict, out: Path) -> dict:
              f"{s['general_limit']} items each, WikiText-2 {s['wikitext_tokens']:,} tokens)", "",
              f"Base model: closed-book EM {100 * b['scores']['em']:.1f}, in-context EM "
              f"{100 * b['in_context']['em']:.1f}. One memory, learned in {results.get('learn_s', 0):.0f} s, "
-             "scored with its LoRA update scaled by s.", "",
+             + ("scored with its update (LoRA: alpha; memory layer: value rows) scaled by s."),
+             "",
              "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | "
              "WikiText-2 ppl |",
              "|" + "---|" * 10]

@@ -185,6 +185,22 @@ def test_learn_then_ask_with_the_memory_layer(method, tmp_path, workspace, tiny_
     assert not any(isinstance(m, MemoryMLP) for m in base.model.modules())  # ask gave it back too
 
 
+def test_strength_saves_the_trained_rows_scaled(method, tmp_path, workspace, tiny_model_dir, base):
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "handbook.md").write_text(f"# Fjordlight\n\n{SPECIFIC} The Oslo office opened in March 2019.\n")
+    rows = []
+    for name, strength in (("full", 1.0), ("half", 0.5)):
+        cfg = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("cloze",)),
+                          train=TrainConfig(method="memory_layer", memory_slots=256, memory_topk=4,
+                                            memory_trainable_rows=32, epochs=1, replay_sequences=2,
+                                            strength=strength))
+        version = learn([docs], memory=name, config=cfg, base=base, workspace=Workspace(), progress=False)
+        rows.append(load_file(version.path / "memory_layer.safetensors"))
+    assert torch.equal(rows[0]["row_index"], rows[1]["row_index"]) and rows[0]["rows"].abs().max() > 0
+    assert torch.allclose(rows[1]["rows"], 0.5 * rows[0]["rows"])  # the same training, only the scale differs
+
+
 def test_the_memory_goes_beside_the_layer_the_config_names(method, base):
     model = method.attach(base.model, config(layers=(0,)))
     try:

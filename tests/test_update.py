@@ -203,7 +203,7 @@ def test_strength_scales_the_saved_update_and_an_update_keeps_it(tmp_path, works
     w2 = load_file(v2.path / "adapter_model.safetensors")
     assert all(torch.allclose(w_half[k], w2[k], atol=1e-5) for k in w2)  # lr ~0: the weights as the parent's
     with pytest.raises(ValueError, match="strength"):
-        TrainConfig(method="memory_layer", strength=0.5)
+        TrainConfig(method="cartridge", strength=0.5)
 
 
 def test_forget_removes_a_documents_knowledge_without_its_files(tmp_path, workspace, tiny_model_dir, base):

@@ -161,8 +161,8 @@ class TrainConfig:
     the guard's general text, relative to that output (anchor.py); it needs the guard's text (replay_fraction >
     0). 0 turns it off."""
     strength: float = 1.0
-    """LoRA only: the saved memory is its trained update times this (its alpha times strength, so vLLM and
-    `inweights serve` serve it as saved). Below 1 it gives back part of what the memory learned for less change
+    """LoRA and memory_layer: the saved memory is its trained update times this (LoRA: its alpha times strength,
+    so vLLM and `inweights serve` serve it as saved; memory_layer: its value rows). Below 1 it gives back part of what the memory learned for less change
     elsewhere, a smooth trade: on the SQuAD tuning passages 0.7 kept 42% of the closed-book -> in-context gap
     instead of 60% at +4.9% WikiText-2 perplexity instead of +10.0%; on passages 25-48, 61% instead of 94% at
     +6.4% instead of +13.4% (+4.7% instead of +10.2% over 16,384 tokens; benchmarks/strength.py,
@@ -215,8 +215,8 @@ class TrainConfig:
             raise ValueError("rehearsal must be >= 0")
         if self.anchor and self.method != "lora":
             raise ValueError("anchor applies to the lora method only")
-        if not 0.0 < self.strength <= 2.0 or (self.strength != 1.0 and self.method != "lora"):
-            raise ValueError("strength must be in (0, 2], and other than 1 for the lora method only")
+        if not 0.0 < self.strength <= 2.0 or (self.strength != 1.0 and self.method not in ("lora", "memory_layer")):
+            raise ValueError("strength must be in (0, 2], and other than 1 for the lora and memory_layer methods only")
         if self.layers and (self.method not in ("lora", "memory_layer") or
                             (self.method == "memory_layer" and len(self.layers) > 1)):
             raise ValueError("layers: any set for the lora method, one layer for memory_layer, none for the others")

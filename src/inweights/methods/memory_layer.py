@@ -235,6 +235,12 @@ class MemoryLayer:
                 counts += torch.bincount(row.flatten(), minlength=memory.slots).cpu()
         return counts
 
+    @torch.no_grad()
+    def scale(self, model, factor: float) -> None:
+        """Multiply the update by `factor`, in place: the values start at zero, so the trained rows are the
+        whole update (`TrainConfig.strength`)."""
+        _wrapper(model).memory.rows.mul_(factor)
+
     def save(self, model, directory: Path) -> None:
         wrapper = _wrapper(model)
         memory = wrapper.memory
