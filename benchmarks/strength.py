@@ -23,6 +23,7 @@ sit; `learn --strength` saves only the plain numbers.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import re
 import sys
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     if not todo:
         return _report(results, args.out)
     workspace = Workspace()
-    name = plane._memory_name(point) + f"-strength-p{args.skip_passages + 1}-{args.skip_passages + args.passages}"
+    name = memory_name(point, args.skip_passages, args.passages)
     with tempfile.TemporaryDirectory() as folder:
         config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
         kept = _kept(workspace, name, config) if args.keep else None
@@ -145,6 +146,13 @@ def main(argv: list[str] | None = None) -> dict:
     if not args.keep:
         plane._remove(workspace.memories_dir / name)
     return _report(results, args.out)
+
+
+def memory_name(point, skip_passages: int, passages: int) -> str:
+    """The workspace name of the memory this run learns (and --keep finds again): the plane's, with the
+    passages; one over the 64 characters a memory name may have is cut and given a hash of the whole."""
+    name = plane._memory_name(point) + f"-strength-p{skip_passages + 1}-{skip_passages + passages}"
+    return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
 LEARN_RESOLVES = ("lr", "epochs")

@@ -13,6 +13,9 @@ from inweights.synth import STRATEGIES
 _spec = importlib.util.spec_from_file_location("plane", Path(__file__).parents[1] / "benchmarks" / "plane.py")
 plane = sys.modules["plane"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
 _spec.loader.exec_module(plane)
+_strength_spec = importlib.util.spec_from_file_location("strength", Path(plane.__file__).parent / "strength.py")
+strength = importlib.util.module_from_spec(_strength_spec)
+_strength_spec.loader.exec_module(strength)
 
 
 @pytest.mark.parametrize("point", plane.default_points([750, 1500, 6000, 12000], 6000, 1500)
@@ -77,9 +80,6 @@ def test_a_stored_point_is_matched_by_its_config_not_its_name():
     taught["synth"]["teacher"] = "http://localhost:8000/v1"
     assert not plane.same_config(requested("lora-sft-guard-facts-all"), taught)
     # a memory's manifest records what learn resolved (lr, epochs) where the point asked for the default (None)
-    _strength_spec = importlib.util.spec_from_file_location("strength", Path(plane.__file__).parent / "strength.py")
-    strength = importlib.util.module_from_spec(_strength_spec)
-    _strength_spec.loader.exec_module(strength)
     resolved = json.loads(json.dumps(stored))
     resolved["train"] |= {"lr": 5e-4, "epochs": 3}
     assert not plane.same_config(requested("lora-sft-guard-facts-all"), resolved)
@@ -106,6 +106,19 @@ def test_a_stored_point_is_matched_by_its_config_not_its_name():
     assert strength._kept(Workspace(), "m", wanted) is Kept
     Kept.manifest["synthetic"]["strategy_versions"] = {"facts": STRATEGIES["facts"].VERSION - 1}
     assert strength._kept(Workspace(), "m", wanted) is None
+
+
+def test_strength_memory_names_are_valid_and_distinct():
+    from inweights.store import validate_name
+
+    names = {strength.memory_name(plane._parse(p), skip, 24) for p in
+             ("lora-sft-guard-facts-all", "memory_layer-sft-guard-facts-all-mr8192-at15-sd1",
+              "memory_layer-sft-guard-facts-all-mr8192-at15-sd2") for skip in (0, 24)}
+    assert len(names) == 6
+    for name in names:
+        validate_name(name)
+    assert strength.memory_name(plane._parse("lora-sft-guard-facts-all"), 0, 8) == \
+        "plane-lora-sft-guard-facts-all-strength-p1-8"  # short names as before: kept memories are found again
 
 
 def test_strength_reaches_the_train_config():
