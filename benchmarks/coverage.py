@@ -15,6 +15,7 @@ whether the spans are cut differently (inside, contains) or the fact was never a
 Run as:
     python benchmarks/coverage.py --out benchmarks/results/coverage/tune.md                      # passages 1-8
     python benchmarks/coverage.py --skip-passages 24 --passages 24 --out benchmarks/results/coverage/check24.md
+    python benchmarks/coverage.py --facts-per-sentence 8 --out benchmarks/results/coverage/tune_fs8.md    # more spans
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--passages", type=int, default=8)
     parser.add_argument("--skip-passages", type=int, default=0)
+    parser.add_argument("--facts-per-sentence", type=int, default=None, help="default: learn's")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "coverage" / "tune.md")
     args = parser.parse_args(argv)
@@ -66,19 +68,22 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.synth import ExampleCache, strategy_versions, synthesize
 
     documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
+    synth_config = SynthConfig(**({"facts_per_sentence": args.facts_per_sentence} if args.facts_per_sentence else {}))
     base = load_base(DEFAULT_BASE)
     with tempfile.TemporaryDirectory() as folder:
         plane.write_documents(folder, documents)
         chunks = chunk_documents(load_corpus([folder]), base.tokenizer, SynthConfig.chunk_tokens)
-    examples, _ = synthesize(chunks, None, SynthConfig(), ExampleCache(Workspace().cache_dir("synth")), progress=False)
-    answers = {normalize_answer(e.completion) for e in examples if e.prompt.endswith(ANSWER_CUE)}
+    examples, _ = synthesize(chunks, None, synth_config, ExampleCache(Workspace().cache_dir("synth")), progress=False)
+    qa = [e for e in examples if e.prompt.endswith(ANSWER_CUE)]
+    answers = {normalize_answer(e.completion) for e in qa}
     rows = [(q, *kind({normalize_answer(a) for a in q.answers}, answers)) for q in questions]
     counts = collections.Counter(k for _, k, _ in rows)
 
     first, last = args.skip_passages + 1, args.skip_passages + args.passages
     lines = [f"# Coverage of real questions by learn's synthetic answers (SQuAD dev passages {first}-{last})", "",
-             f"{len(questions)} questions; {len(answers)} distinct synthetic answers "
-             f"(strategies {strategy_versions(SynthConfig())}).", "",
+             f"{len(questions)} questions; {len(qa)} synthetic questions with {len(answers)} distinct answers "
+             f"(strategies {strategy_versions(synth_config)}, {synth_config.facts_per_sentence} facts a sentence).",
+             "",
              "| kind | questions | share |", "|---|---|---|"]
     lines += [f"| {k} | {counts[k]} | {100 * counts[k] / len(questions):.0f}% |" for k in KINDS]
     lines += ["", "Questions without a twin:", "", "| kind | question | gold | synthetic answers |", "|---|---|---|---|"]
