@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import collections
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,21 +59,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from inweights.config import SynthConfig
-    from inweights.corpus import chunk_documents, load_corpus
     from inweights.evaluate.metrics import normalize_answer
     from inweights.models import DEFAULT_BASE, load_base
-    from inweights.prompt import ANSWER_CUE
-    from inweights.store import Workspace
-    from inweights.synth import ExampleCache, strategy_versions, synthesize
+    from inweights.synth import strategy_versions
 
     documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     synth_config = SynthConfig(**({"facts_per_sentence": args.facts_per_sentence} if args.facts_per_sentence else {}))
     base = load_base(DEFAULT_BASE)
-    with tempfile.TemporaryDirectory() as folder:
-        plane.write_documents(folder, documents)
-        chunks = chunk_documents(load_corpus([folder]), base.tokenizer, SynthConfig.chunk_tokens)
-    examples, _ = synthesize(chunks, None, synth_config, ExampleCache(Workspace().cache_dir("synth")), progress=False)
-    qa = [e for e in examples if e.prompt.endswith(ANSWER_CUE)]
+    qa = plane.synthetic_questions(documents, base.tokenizer, synth_config)
     answers = {normalize_answer(e.completion) for e in qa}
     rows = [(q, *kind({normalize_answer(a) for a in q.answers}, answers)) for q in questions]
     counts = collections.Counter(k for _, k, _ in rows)

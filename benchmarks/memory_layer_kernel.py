@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
@@ -88,23 +87,17 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
 
     from inweights.config import SynthConfig, TrainConfig
-    from inweights.corpus import chunk_documents, load_corpus
     from inweights.evaluate.metrics import normalize_answer
     from inweights.methods.memory_layer import SparseMemory, floored_std
     from inweights.models import DEFAULT_BASE, load_base
-    from inweights.prompt import ANSWER_CUE, qa_prompt, render
-    from inweights.store import Workspace
-    from inweights.synth import ExampleCache, strategy_versions, synthesize
+    from inweights.prompt import qa_prompt, render
+    from inweights.synth import strategy_versions
     from inweights.train import tokenize_example
 
     documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(DEFAULT_BASE)
     tokenizer, model = base.tokenizer, base.model
-    with tempfile.TemporaryDirectory() as folder:
-        plane.write_documents(folder, documents)
-        chunks = chunk_documents(load_corpus([folder]), tokenizer, SynthConfig.chunk_tokens)
-    examples, _ = synthesize(chunks, None, SynthConfig(), ExampleCache(Workspace().cache_dir("synth")), progress=False)
-    examples = [e for e in examples if e.prompt.endswith(ANSWER_CUE)]  # the QA items (views are plain text)
+    examples = plane.synthetic_questions(documents, tokenizer, SynthConfig())
     max_len = TrainConfig.max_seq_len
     synth_ids, synth_at = [], []
     for e in examples:

@@ -305,6 +305,21 @@ def write_documents(folder, documents: dict) -> None:
         (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
 
 
+def synthetic_questions(documents: dict, tokenizer, synth_config) -> list:
+    """learn's synthetic question-answer items for these passages (the views, plain text, left out), through the
+    workspace's synthesis cache."""
+    from inweights.corpus import chunk_documents, load_corpus
+    from inweights.prompt import ANSWER_CUE
+    from inweights.store import Workspace
+    from inweights.synth import ExampleCache, synthesize
+
+    with tempfile.TemporaryDirectory() as folder:
+        write_documents(folder, documents)
+        chunks = chunk_documents(load_corpus([folder]), tokenizer, synth_config.chunk_tokens)
+    examples, _ = synthesize(chunks, None, synth_config, ExampleCache(Workspace().cache_dir("synth")), progress=False)
+    return [e for e in examples if e.prompt.endswith(ANSWER_CUE)]
+
+
 def gap_recovered(em: float, em_closed: float, em_context: float) -> float:
     """The share of the closed-book -> in-context exact-match gap a memory recovers."""
     return (em - em_closed) / max(em_context - em_closed, 1e-9)

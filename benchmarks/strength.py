@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
         for s in todo:
             loaded = load_memory(version.ref, base=base, workspace=workspace)
             try:
-                _apply(loaded.model, s)
+                _apply(loaded.model, s, point.method)
                 row = evaluate(loaded.model)
             finally:
                 loaded.close()
@@ -219,8 +219,9 @@ def profile_factor(profile: str, module_name: str, n_layers: int) -> float:
     return factor
 
 
-def _apply(model, profile: str) -> None:
-    """Scale the memory by a profile: a plain number as `learn --strength` saves it, else module by module."""
+def _apply(model, profile: str, method: str) -> None:
+    """Scale the memory (of `method`) by a profile: a plain number as `learn --strength` saves it, else LoRA
+    module by module."""
     from peft.tuners.lora import LoraLayer
 
     from inweights.methods import METHODS
@@ -231,7 +232,6 @@ def _apply(model, profile: str) -> None:
     except ValueError:
         factor = None
     if factor is not None:
-        method = "lora" if any(isinstance(m, LoraLayer) for m in model.modules()) else "memory_layer"
         METHODS[method].scale(model, factor)
         return
     n_layers = len(decoder_layers(model))
@@ -250,8 +250,7 @@ def _report(results: dict, out: Path) -> dict:
              f"{s['general_limit']} items each, WikiText-2 {s['wikitext_tokens']:,} tokens)", "",
              f"Base model: closed-book EM {100 * b['scores']['em']:.1f}, in-context EM "
              f"{100 * b['in_context']['em']:.1f}. One memory, learned in {results.get('learn_s', 0):.0f} s, "
-             + ("scored with its update (LoRA: alpha; memory layer: value rows) scaled by s."),
-             "",
+             "scored with its update (LoRA: alpha; memory layer: value rows) scaled by s.", "",
              "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | "
              "WikiText-2 ppl |",
              "|" + "---|" * 10]

@@ -168,14 +168,19 @@ def test_disable_detach_and_save_load_are_exact(method, base, tmp_path):
     assert torch.equal(logits(base_model, base.tokenizer), before)
 
 
-def test_learn_then_ask_with_the_memory_layer(method, tmp_path, workspace, tiny_model_dir, base):
+def learn_handbook(tmp_path, tiny_model_dir, base, memory: str, **train):
+    """learn a one-line handbook into a small memory layer (cloze data, one epoch)."""
     docs = tmp_path / "docs"
-    docs.mkdir()
+    docs.mkdir(exist_ok=True)
     (docs / "handbook.md").write_text(f"# Fjordlight\n\n{SPECIFIC} The Oslo office opened in March 2019.\n")
     cfg = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("cloze",)),
                       train=TrainConfig(method="memory_layer", memory_slots=256, memory_topk=4,
-                                        memory_trainable_rows=32, epochs=1, replay_sequences=2))
-    version = learn([docs], memory="m", config=cfg, base=base, workspace=Workspace(), progress=False)
+                                        memory_trainable_rows=32, epochs=1, replay_sequences=2, **train))
+    return learn([docs], memory=memory, config=cfg, base=base, workspace=Workspace(), progress=False)
+
+
+def test_learn_then_ask_with_the_memory_layer(method, tmp_path, workspace, tiny_model_dir, base):
+    version = learn_handbook(tmp_path, tiny_model_dir, base, "m")
 
     assert version.manifest["method"] == "memory_layer"
     assert {p.name for p in version.path.iterdir()} == {"memory_layer.safetensors", "memory_layer_config.json",
@@ -186,16 +191,9 @@ def test_learn_then_ask_with_the_memory_layer(method, tmp_path, workspace, tiny_
 
 
 def test_strength_saves_the_trained_rows_scaled(method, tmp_path, workspace, tiny_model_dir, base):
-    docs = tmp_path / "docs"
-    docs.mkdir()
-    (docs / "handbook.md").write_text(f"# Fjordlight\n\n{SPECIFIC} The Oslo office opened in March 2019.\n")
     rows = []
     for name, strength in (("full", 1.0), ("half", 0.5)):
-        cfg = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("cloze",)),
-                          train=TrainConfig(method="memory_layer", memory_slots=256, memory_topk=4,
-                                            memory_trainable_rows=32, epochs=1, replay_sequences=2,
-                                            strength=strength))
-        version = learn([docs], memory=name, config=cfg, base=base, workspace=Workspace(), progress=False)
+        version = learn_handbook(tmp_path, tiny_model_dir, base, name, strength=strength)
         rows.append(load_file(version.path / "memory_layer.safetensors"))
     assert torch.equal(rows[0]["row_index"], rows[1]["row_index"]) and rows[0]["rows"].abs().max() > 0
     assert torch.allclose(rows[1]["rows"], 0.5 * rows[0]["rows"])  # the same training, only the scale differs

@@ -162,8 +162,8 @@ class TrainConfig:
     0). 0 turns it off."""
     strength: float = 1.0
     """LoRA and memory_layer: the saved memory is its trained update times this (LoRA: its alpha times strength,
-    so vLLM and `inweights serve` serve it as saved; memory_layer: its value rows). Below 1 it gives back part of what the memory learned for less change
-    elsewhere, a smooth trade: on the SQuAD tuning passages 0.7 kept 42% of the closed-book -> in-context gap
+    so vLLM and `inweights serve` serve it as saved; memory_layer: its value rows). Below 1 it gives back part of
+    what the memory learned for less change elsewhere, a smooth trade: on the SQuAD tuning passages 0.7 kept 42% of the closed-book -> in-context gap
     instead of 60% at +4.9% WikiText-2 perplexity instead of +10.0%; on passages 25-48, 61% instead of 94% at
     +6.4% instead of +13.4% (+4.7% instead of +10.2% over 16,384 tokens; benchmarks/strength.py,
     docs/benchmarks.md)."""
