@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inweights.config import TrainConfig, resolve_train
+from inweights.config import MIN_EPOCHS, TrainConfig, resolve_train
 from inweights.methods import METHODS
 from inweights.models import load_base
 from inweights.synth import Example, hold_out_wordings, items_per_fact
@@ -30,6 +30,12 @@ def test_items_per_fact_and_exposures_set_the_epochs():
     assert resolve_train(TrainConfig(exposures=1000), 500, items_per_fact=2.0).epochs == 30  # capped
     assert resolve_train(TrainConfig(exposures=10, epochs=2), 500, items_per_fact=2.5).epochs == 2
     assert resolve_train(TrainConfig(), 200, items_per_fact=2.5).epochs == 4  # the size rule without exposures
+
+
+def test_the_size_rule_gives_small_corpora_more_passes_and_large_ones_no_fewer_than_three():
+    epochs = [resolve_train(TrainConfig(), n).epochs for n in (1, 20, 200, 500, 1_000, 1_200, 2_000, 100_000)]
+    assert epochs == [6, 6, 4, 3, 3, 3, 3, 3]
+    assert epochs[-1] == MIN_EPOCHS
 
 
 def test_hold_out_takes_one_wording_of_facts_asked_several_ways():
