@@ -163,10 +163,10 @@ class TrainConfig:
     strength: float = 1.0
     """LoRA and memory_layer: the saved memory is its trained update times this (LoRA: its alpha times strength,
     so vLLM and `inweights serve` serve it as saved; memory_layer: its value rows). Below 1 it gives back part of
-    what the memory learned for less change elsewhere, a smooth trade: on the SQuAD tuning passages 0.7 kept 42% of the closed-book -> in-context gap
-    instead of 60% at +4.9% WikiText-2 perplexity instead of +10.0%; on passages 25-48, 61% instead of 94% at
-    +6.4% instead of +13.4% (+4.7% instead of +10.2% over 16,384 tokens; benchmarks/strength.py,
-    docs/benchmarks.md)."""
+    what the memory learned for less change elsewhere, a smooth trade: on the SQuAD tuning passages 0.7 kept 42%
+    of the closed-book -> in-context gap instead of 60% at +4.9% WikiText-2 perplexity instead of +10.0%; on
+    passages 25-48, 61% instead of 94% at +6.4% instead of +13.4% (+4.7% instead of +10.2% over 16,384 tokens;
+    a second seed: 67% instead of 61% at +5.6% instead of +12.2%; benchmarks/strength.py, docs/benchmarks.md)."""
     warmup_fraction: float = 0.0
     """QA warm-up: share of the training sequences that are questions and answers about other text (the facts
     strategy run over the guard's general-text samples of the base model, never an evaluation set), which
