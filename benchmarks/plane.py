@@ -65,6 +65,7 @@ KNOBS = {
     "gk": ("guard_top_k", int, "train", "replay_top_k", "the guard's texts sampled from the top k tokens (0: all)"),
     "rt": ("replay_tokens", int, "train", "replay_tokens", "the guard's rows cut to their first N tokens"),
     "sd": ("seed", int, "train", "seed", "the random seed (LoRA's start, the data's order, the guard's draws)"),
+    "ss": ("seeds", int, "train", "seeds", "LoRA: memories of seeds seed, seed + 1, ... averaged into one"),
     "ms": ("slots", int, "train", "memory_slots", "memory-layer rows in all, trained or not"),
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
@@ -101,6 +102,7 @@ class Point:
     guard_top_k: int | None = None  # the guard's texts' sampling top-k (TrainConfig.replay_top_k); None: its default
     replay_tokens: int | None = None  # the guard's rows cut to N tokens (TrainConfig.replay_tokens); None: whole
     seed: int | None = None  # TrainConfig.seed; None: its default
+    seeds: int | None = None  # LoRA: seeds averaged into one memory (TrainConfig.seeds); None: its default
     slots: int | None = None  # memory_layer: rows in all (TrainConfig.memory_slots); None: its default
 
     @property

@@ -47,6 +47,10 @@ def main(argv: list[str] | None = None) -> dict:
                              "profile_factor), e.g. 'L9-17=0.5;mlp=0.6;ramp=1:0.4'")
     parser.add_argument("--keep", action="store_true",
                         help="keep the learned memory in the workspace, and score a kept one instead of learning")
+    parser.add_argument("--average-with", default="",
+                        help="comma-separated LoRA points whose memories, kept by earlier --keep runs on the same "
+                             "passages, are averaged with this point's: the update scored is the mean of their "
+                             "updates (one LoRA of their summed ranks, exact)")
     parser.add_argument("--passages", type=int, default=8)
     parser.add_argument("--skip-passages", type=int, default=0)
     parser.add_argument("--general-limit", type=int, default=50)
@@ -61,10 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
+    from inweights.methods.lora import average
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
 
     point = plane._parse(args.point)
+    others = [plane._parse(p) for p in args.average_with.split(",") if p]
+    if others and any(p.method != "lora" for p in [point, *others]):
+        raise SystemExit("--average-with averages LoRA memories")
     scales = [f"{float(s):g}" for s in args.scales.split(",") if s] + [p for p in args.profiles.split(";") if p]
     if point.method not in ("lora", "memory_layer") or (point.method != "lora" and args.profiles):
         raise SystemExit("strength scales a LoRA or memory_layer memory (profiles: LoRA only)")
@@ -81,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"point": point.name, "passages": args.passages, "skip_passages": args.skip_passages,
                 "questions": len(questions), "general_limit": n, "wikitext_tokens": args.wikitext_tokens,
                 "base": base.name}
+    if others:
+        settings["average_with"] = [p.name for p in others]
     if results.get("settings", settings) != settings:
         raise SystemExit(f"{path} was made with {results['settings']}; use another --out")
     results["settings"] = settings
@@ -128,13 +138,20 @@ def main(argv: list[str] | None = None) -> dict:
             results["manifest_config"] = version.manifest["config"]
             results["memory"] = version.ref
             save()
+        averaged = [_kept_other(workspace, p, args.skip_passages, args.passages) for p in others]
+        results["averaged_with"] = [v.ref for v in averaged]
         for s in todo:
-            loaded = load_memory(version.ref, base=base, workspace=workspace)
+            if averaged:  # the mean of the memories' updates, as `learn --seeds` saves it
+                model = average(base.model, [version.path] + [v.path for v in averaged])
+                close = model.unload
+            else:
+                loaded = load_memory(version.ref, base=base, workspace=workspace)
+                model, close = loaded.model, loaded.close
             try:
-                _apply(loaded.model, s, point.method)
-                row = evaluate(loaded.model)
+                _apply(model, s, point.method)
+                row = evaluate(model)
             finally:
-                loaded.close()
+                close()
             deltas = compare(results["base"]["general"], row["general"])
             row |= {"general_deltas": deltas, "general_mean_points": mean_change_points(deltas),
                     "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
@@ -153,6 +170,18 @@ def memory_name(point, skip_passages: int, passages: int) -> str:
     passages; one over the 64 characters a memory name may have is cut and given a hash of the whole."""
     name = plane._memory_name(point) + f"-strength-p{skip_passages + 1}-{skip_passages + passages}"
     return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+def _kept_other(workspace, point, skip_passages: int, passages: int):
+    from inweights.config import LearnConfig
+    from inweights.models import DEFAULT_BASE
+
+    config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
+    version = _kept(workspace, memory_name(point, skip_passages, passages), config)
+    if version is None:
+        raise SystemExit(f"no kept memory of {point.name} on these passages: run strength.py --keep --point "
+                         f"{point.name} with the same passages first")
+    return version
 
 
 LEARN_RESOLVES = ("lr", "epochs")

@@ -41,6 +41,10 @@ def test_plan_scales_a_measured_sample_to_the_corpus(base, workspace):
     capped = make_plan(documents, chunks, capped_config, base.tokenizer, base.fingerprint, Workspace(),
                        (examples, sampled))
     assert capped.synthetic_tokens == 100 and "estimated time" in capped.render()
+    two = LearnConfig(base="tiny", synth=config.synth, train=TrainConfig(seeds=2))
+    doubled = make_plan(documents, chunks, two, base.tokenizer, base.fingerprint, Workspace(), (examples, sampled))
+    assert doubled.train_seconds == pytest.approx(2 * plan.train_seconds, rel=0.01)  # each seed trains it all
+    assert f"{plan.epochs} epochs x 2 seeds = " in doubled.render()
 
 
 def test_a_long_job_stops_before_synthesis_unless_yes(tmp_path, base, workspace, tiny_model_dir, monkeypatch, capsys):

@@ -206,6 +206,47 @@ def test_strength_scales_the_saved_update_and_an_update_keeps_it(tmp_path, works
         TrainConfig(method="cartridge", strength=0.5)
 
 
+def test_seeds_saves_the_mean_of_the_seeds_updates_and_an_update_trains_it(tmp_path, workspace, tiny_model_dir,
+                                                                           base):
+    """seeds=2 is the mean of the memories seeds 0 and 1 learn alone (one LoRA of twice the rank), its seeds'
+    own memories are not left in the workspace, and `learn --update` trains the averaged memory once."""
+    from inweights.api import load_memory
+
+    docs = write(tmp_path / "docs", {"company.md": COMPANY, "bergen.md": BERGEN})
+    # no guard: its general text is written per seed, so a lone seed 1 would train on other rows than seeds=2's
+    singles = [learn([docs], f"seed{seed}", config(tiny_model_dir, seed=seed, replay_fraction=0), base=base,
+                     progress=False) for seed in (0, 1)]
+    soup = learn([docs], "soup", config(tiny_model_dir, seeds=2, strength=0.5, replay_fraction=0), base=base,
+                 progress=False)
+    adapter = json.loads((soup.path / "adapter_config.json").read_text())
+    assert (adapter["r"], adapter["lora_alpha"]) == (32, 16.0)  # twice rank 16, alpha = rank times the strength
+    assert soup.manifest["training"]["steps"] == sum(v.manifest["training"]["steps"] for v in singles)
+    assert not list(workspace.glob("runs/soup/*/seed*"))
+
+    def deltas(ref):
+        loaded = load_memory(ref, base=base)
+        try:
+            return {name: module.get_delta_weight(module.active_adapters[0]).detach().clone()
+                    for name, module in loaded.model.named_modules() if hasattr(module, "get_delta_weight")
+                    and module.active_adapters and module.active_adapters[0] in module.lora_A}
+        finally:
+            loaded.close()
+
+    one, two, mean = deltas("seed0"), deltas("seed1"), deltas("soup")
+    assert mean and mean.keys() == one.keys()
+    assert not torch.allclose(one[next(iter(one))], two[next(iter(one))])  # the seeds learned different updates
+    for name in mean:
+        assert torch.allclose(mean[name], 0.25 * (one[name] + two[name]), atol=1e-6)  # mean, times strength 0.5
+    write(docs, {"company.md": COMPANY, "bergen.md": BERGEN.replace("34", "35")})
+    v2 = learn([docs], "soup", config(tiny_model_dir), base=base, progress=False, update=True)
+    assert v2.manifest["lineage"]["mode"] == "update" and v2.manifest["config"]["train"]["seeds"] == 1
+    assert json.loads((v2.path / "adapter_config.json").read_text())["r"] == 32
+    guarded = learn([docs], "guarded", config(tiny_model_dir, seeds=2), base=base, progress=False)
+    assert guarded.manifest["synthetic"]["replay_drawn"] > 0  # targets for the rows either seed draws
+    with pytest.raises(ValueError, match="seeds"):
+        TrainConfig(method="memory_layer", seeds=2)
+
+
 def test_forget_removes_a_documents_knowledge_without_its_files(tmp_path, workspace, tiny_model_dir, base):
     docs = write(tmp_path / "docs", {"company.md": COMPANY, "party.md": PARTY})
     learn([docs], "acme", config(tiny_model_dir), base=base, progress=False)

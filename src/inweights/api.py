@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import platform
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
@@ -36,7 +37,7 @@ from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_
 from inweights.synth.teacher import make_teacher
 from inweights.objectives import distill_rows, sft_rows
 from inweights.plan import CONFIRM_ABOVE_S, Plan, ReadOnlyCache, duration, llm_free, make_plan, sample_chunks
-from inweights.train import replay_drawn, train
+from inweights.train import TrainResult, replay_drawn, train
 from inweights.update import (base_rows, can_update, chunk_records_of, contrast, delta, document_records,
                               parent_examples, unlikely_rows)
 from inweights.warmup import warmup_examples
@@ -173,25 +174,29 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
     """Attach a fresh memory of `train_config.method` to the base (or, with `resume_from`, that version's memory,
     trainable), train it on `items` (resuming a checkpoint of the same `run_key`), publish it as the next version
     of `memory` with the manifest `describe(result)`, and give the caller its plain base model back. Returns
-    (version, training result). With `shard` (a device; under a launcher) the base's layers are sharded across
-    the processes onto it for training (train.train) and the base stays sharded: it is not used again."""
+    (version, training result). With `train_config.seeds` > 1 (LoRA, not with `resume_from`) it trains one memory
+    per seed and publishes their mean (_train_seeds). With `shard` (a device; under a launcher) the base's layers
+    are sharded across the processes onto it for training (train.train) and the base stays sharded: it is not used
+    again."""
     method = METHODS[train_config.method]
-    torch.manual_seed(train_config.seed)
-    if resume_from is not None:
-        model = method.resume(base.model, resume_from.path, train_config)
-        saved_at = resume_from.manifest["config"]["train"].get("strength", 1.0)
-        if saved_at != 1.0:  # train the update as it was trained, not as it was saved
-            method.scale(model, 1.0 / saved_at)
+    run_dir = workspace.run_dir(memory, run_key)
+    if train_config.seeds > 1 and resume_from is None:
+        if shard is not None:
+            raise InweightsError("seeds above 1 and --shard cannot be combined yet; train with one seed")
+        model, result = _train_seeds(base, train_config, items, n_examples, run_dir, replay=replay, warmup=warmup,
+                                     validation=validation, progress=progress)
     else:
-        model = method.attach(base.model, train_config)
+        model, result = None, None
     try:
-        if hasattr(method, "prepare") and resume_from is None:
-            method.prepare(model, items, replay)
-        penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
-                   if train_config.anchor > 0 else None)
-        result = train(model, base.tokenizer, items, n_examples, train_config, workspace.run_dir(memory, run_key),
-                       progress=progress, replay=replay, warmup=warmup, validation=validation,
-                       compute_dtype=base.dtype, shard=shard, penalty=penalty)
+        if model is None:
+            model = _attach_or_resume(method, base, train_config, resume_from)
+            if hasattr(method, "prepare") and resume_from is None:
+                method.prepare(model, items, replay)
+            penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
+                       if train_config.anchor > 0 else None)
+            result = train(model, base.tokenizer, items, n_examples, train_config, run_dir, progress=progress,
+                           replay=replay, warmup=warmup, validation=validation, compute_dtype=base.dtype,
+                           shard=shard, penalty=penalty)
 
         if train_config.strength != 1.0:
             method.scale(model, train_config.strength)
@@ -203,10 +208,72 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
 
         number = workspace.publish(memory, write).version if distributed.is_main() else None
         distributed.barrier()
+        if train_config.seeds > 1 and resume_from is None and distributed.is_main():
+            for seed_dir in run_dir.glob("seed*"):  # the seeds' own memories: the published one is their mean
+                shutil.rmtree(seed_dir, ignore_errors=True)
         return workspace.get(f"{memory}@{distributed.broadcast(number)}"), result
     finally:
-        if shard is None:
+        if shard is None and model is not None:
             method.detach(model)
+
+
+def _attach_or_resume(method, base: Base, train_config, resume_from: MemoryVersion | None):
+    """A fresh memory on the base, seeded, or `resume_from`'s memory made trainable at its trained scale."""
+    torch.manual_seed(train_config.seed)
+    if resume_from is None:
+        return method.attach(base.model, train_config)
+    model = method.resume(base.model, resume_from.path, train_config)
+    saved_at = resume_from.manifest["config"]["train"].get("strength", 1.0)
+    if saved_at != 1.0:  # train the update as it was trained, not as it was saved
+        method.scale(model, 1.0 / saved_at)
+    return model
+
+
+def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path, *, replay, warmup, validation,
+                 progress: bool):
+    """`seeds` > 1: train one LoRA memory per seed on the same rows, each saved in the run's folder as it finishes
+    (an interrupted learn keeps the seeds it finished and resumes the one it was in), then return the base with
+    their mean update attached (lora.average) and the runs' results summed (steps, tokens, seconds; the final loss
+    is their mean)."""
+    from inweights.methods.lora import average
+
+    method = METHODS[train_config.method]
+    directories, results = [], []
+    for i in range(train_config.seeds):
+        config = replace(train_config, seed=train_config.seed + i, seeds=1, strength=1.0)
+        seed_dir = run_dir / f"seed{config.seed}"
+        done = seed_dir / "memory"
+        if (done / "result.json").is_file():
+            results.append(TrainResult(**json.loads((done / "result.json").read_text())))
+        else:
+            _say(progress, f"seed {i + 1} of {train_config.seeds}")
+            model = _attach_or_resume(method, base, config, None)
+            try:
+                penalty = (Anchor(model, [row[0] for row in replay], config.anchor, base.tokenizer.pad_token_id)
+                           if config.anchor > 0 else None)
+                result = train(model, base.tokenizer, items, n_examples, config, seed_dir, progress=progress,
+                               replay=replay, warmup=warmup, validation=validation, compute_dtype=base.dtype,
+                               penalty=penalty)
+                if distributed.is_main():
+                    partial = seed_dir / "memory.partial"
+                    method.save(model, partial)
+                    (partial / "result.json").write_text(json.dumps(asdict(result)))
+                    partial.replace(done)
+                distributed.barrier()
+                results.append(result)
+            finally:
+                method.detach(model)
+        directories.append(done)
+    model = average(base.model, directories)
+    total = TrainResult(steps=sum(r.steps for r in results), tokens=sum(r.tokens for r in results),
+                        loss_tokens=sum(r.loss_tokens for r in results), seconds=sum(r.seconds for r in results),
+                        final_loss=sum(r.final_loss for r in results) / len(results),
+                        resumed_from_step=results[0].resumed_from_step,
+                        trainable_parameters=sum(r.trainable_parameters for r in results),
+                        losses=[loss for r in results for loss in r.losses],
+                        validation=[v for r in results for v in r.validation],
+                        stopped_early=any(r.stopped_early for r in results))
+    return model, total
 
 
 def _manifest(memory: str, base: Base, config: LearnConfig, records: list[dict], result, timings: dict,
@@ -263,8 +330,9 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
     if train_config.replay_fraction > 0:
         rows = replay_rows(base.tokenizer, texts, train_config.max_seq_len)
         cut = train_config.replay_tokens or None
-        needed = replay_drawn([len(row[0]) for row in items], n_examples, [len(r[:cut]) for r in rows],
-                              [len(row[0]) for row in warmup], train_config)
+        needed = set().union(*(replay_drawn([len(row[0]) for row in items], n_examples, [len(r[:cut]) for r in rows],
+                                            [len(row[0]) for row in warmup], replace(train_config, seed=seed))
+                               for seed in range(train_config.seed, train_config.seed + train_config.seeds)))
         replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len, progress=progress,
                                 needed=needed)
         if cut:  # a causal model's targets for a prefix are the prefix of the row's targets (one per next token)
@@ -300,7 +368,7 @@ def _update_train_config(parent: MemoryVersion, train) -> TrainConfig:
     """The update's training settings: the memory's shape (method, rank, modules...) from the parent, which is
     trained further; epochs from the parent when not set, so a new fact is seen as often as in a full learn."""
     old = LearnConfig.from_dict(parent.manifest["config"]).train
-    train = replace(train, **{name: getattr(old, name) for name in _SHAPE})
+    train = replace(train, **{name: getattr(old, name) for name in _SHAPE}, seeds=1)  # the memory, trained on once
     if train.epochs is None:
         train = replace(train, epochs=old.epochs)
     return resolve_train(train, 0)

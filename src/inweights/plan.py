@@ -48,6 +48,8 @@ class Plan:
     train_seconds: float
     guard_seconds: float = 0.0
     """Writing the forgetting guard's general text and its targets for the rows the run draws, where not cached."""
+    seeds: int = 1
+    """Memories trained on the same data and averaged (TrainConfig.seeds)."""
 
     @property
     def seconds(self) -> float:
@@ -55,7 +57,8 @@ class Plan:
 
     def render(self) -> str:
         return (f"plan: {self.documents:,} documents, {self.words:,} words, {self.chunks:,} chunks -> about "
-                f"{self.synthetic_tokens:,} synthetic tokens ({self.examples:,} examples), {self.epochs} epochs = "
+                f"{self.synthetic_tokens:,} synthetic tokens ({self.examples:,} examples), {self.epochs} epochs"
+                f"{f' x {self.seeds} seeds' if self.seeds > 1 else ''} = "
                 f"{self.train_tokens:,} training tokens\n"
                 f"      estimated time: synthesis {duration(self.synth_seconds)}, training "
                 f"{duration(self.train_seconds)} at {self.tokens_per_s:.0f} tokens/s ({self.speed_source})"
@@ -95,11 +98,11 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
     per_fact = items_per_fact(list(sample_examples)) if sample_examples else None
     train = resolve_train(config.train, max(int(examples), 1), per_fact)
     guard = 1.0 / (1.0 - train.replay_fraction - train.warmup_fraction)
-    train_tokens = int(tokens * train.epochs * guard)
+    train_tokens = int(tokens * train.epochs * guard * train.seeds)
     speed, source = _measured_speed(workspace, fingerprint, train.method)
     return Plan(documents=len(documents), words=words, chunks=len(chunks), synthetic_tokens=int(tokens),
-                examples=int(examples), epochs=train.epochs, train_tokens=train_tokens, tokens_per_s=speed,
-                speed_source=source, synth_seconds=synth_seconds, train_seconds=train_tokens / speed,
+                examples=int(examples), epochs=train.epochs, seeds=train.seeds, train_tokens=train_tokens,
+                tokens_per_s=speed, speed_source=source, synth_seconds=synth_seconds, train_seconds=train_tokens / speed,
                 guard_seconds=guard_seconds(train, examples, *guard_cache)
                 * DEFAULT_TOKENS_PER_S.get(train.method, 100.0) / speed)  # as much faster as training is here
 
@@ -115,7 +118,7 @@ def guard_seconds(train, examples: float, texts_written: bool, rows_cached: int)
     seconds = 0.0 if texts_written else n * TEXT_SECONDS
     if train.replay_fraction > 0:
         shares = 1.0 - train.replay_fraction - train.warmup_fraction
-        draws = round(examples * train.replay_fraction / shares) * train.epochs
+        draws = round(examples * train.replay_fraction / shares) * train.epochs * train.seeds
         distinct = n * (1.0 - (1.0 - 1.0 / n) ** draws)
         seconds += distinct * (1.0 - min(rows_cached, n) / n) * TARGET_SECONDS
     return seconds

@@ -60,6 +60,27 @@ class LoRA:
         return model.unload()
 
 
+def average(model, directories) -> PeftModel:
+    """A PeftModel on the plain base `model` whose one adapter ("default", as a saved memory has) is the mean of the
+    LoRA updates saved in `directories`: PEFT's "cat" combination, one adapter whose rank is the sum of theirs (the
+    A factors stacked, each times its weight 1/n and its scaling; the B factors side by side; alpha = rank), so its
+    update is exactly the mean of theirs. `learn --seeds` saves this; vLLM serves it like any LoRA."""
+    if isinstance(model, PeftModel):
+        raise ValueError("the model already carries a memory; average onto a plain base model")
+    names = [f"part{i}" for i in range(len(directories))]
+    peft_model = PeftModel.from_pretrained(model, str(directories[0]), adapter_name=names[0], is_trainable=False)
+    for name, directory in zip(names[1:], directories[1:]):
+        peft_model.load_adapter(str(directory), adapter_name=name, is_trainable=False)
+    peft_model.add_weighted_adapter(names, [1.0 / len(names)] * len(names), "default", combination_type="cat")
+    peft_model.set_adapter("default")
+    for name in names:
+        peft_model.delete_adapter(name)
+    for parameter in peft_model.parameters():
+        parameter.requires_grad_(False)
+    peft_model.eval()
+    return peft_model
+
+
 def target_modules(model, config) -> list[str]:
     """The config's target modules as given, or, when it names none, those found by `linear_targets`."""
     return list(config.target_modules) or linear_targets(model)
