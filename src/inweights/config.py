@@ -170,10 +170,11 @@ class TrainConfig:
     seeds: int = 1
     """LoRA: train this many memories on the same data, with seeds seed, seed + 1, ..., and save the mean of their
     updates as one LoRA of their summed rank (a model soup; `learn` takes as many times as long). What the seeds
-    learn in common stays and what is particular to one seed is halved. Seeds 0 and 1 averaged, on the SQuAD
-    passages 25-48 at strength 1 / 0.85 / 0.7: 83% / 83% / 61% of the closed-book -> in-context gap at +9.3% /
-    +6.5% / +4.3% WikiText-2 perplexity, against the two seeds' 94% and 61% at +10.2% and +12.2%, 83% and 72%
-    at +7.1% and +8.5%, 61% and 67% at +4.7% and +5.6% (benchmarks/strength.py --average-with)."""
+    learn in common stays and what is particular to one seed is halved. On the SQuAD passages 25-48 at strength
+    1 / 0.85 / 0.7, seeds=2 kept 72% / 78% / 56% of the closed-book -> in-context gap at +8.8% / +6.2% / +4.1%
+    WikiText-2 perplexity, against one seed's 94% / 83% / 61% at +10.2% / +7.1% / +4.7% (seed 0) and 61% / 72% /
+    67% at +12.2% / +8.5% / +5.6% (seed 1): less forgetting at every strength, learning within the seeds' spread
+    (docs/benchmarks.md)."""
     warmup_fraction: float = 0.0
     """QA warm-up: share of the training sequences that are questions and answers about other text (the facts
     strategy run over the guard's general-text samples of the base model, never an evaluation set), which
