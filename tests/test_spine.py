@@ -135,6 +135,38 @@ def test_interrupted_training_resumes_to_the_same_memory(docs, tmp_path, monkeyp
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_interrupted_seeds_keep_the_finished_seed_and_resume_the_other(docs, tmp_path, monkeypatch, tiny_model_dir,
+                                                                        base):
+    import inweights.api as api
+    import inweights.train as train_module
+
+    config = small_config(tiny_model_dir, epochs=3, seeds=2)
+    monkeypatch.setenv("INWEIGHTS_HOME", str(tmp_path / "straight"))
+    straight = learn([docs], "acme", config, base=base, progress=False)
+
+    monkeypatch.setenv("INWEIGHTS_HOME", str(tmp_path / "interrupted"))
+    real_save, real_train = train_module._save_checkpoint, api.train
+
+    def die_in_the_second_seed(directory, *args, **kwargs):
+        real_save(directory, *args, **kwargs)
+        if directory.parent.name == "seed1":
+            raise KeyboardInterrupt  # killed right after the second seed's first checkpoint
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", die_in_the_second_seed)
+    with pytest.raises(KeyboardInterrupt):
+        learn([docs], "acme", config, base=base, progress=False)
+    assert not Workspace().versions("acme")
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    trained = []
+    monkeypatch.setattr(api, "train", lambda *a, **k: trained.append(a[4].seed) or real_train(*a, **k))
+    resumed = learn([docs], "acme", config, base=base, progress=False)
+
+    assert trained == [1] and resumed.manifest["training"]["resumed_from_step"] > 0  # seed 0 was not trained again
+    a = load_file(straight.path / "adapter_model.safetensors")
+    b = load_file(resumed.path / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_a_failed_write_leaves_no_version(workspace):
     def broken(directory: Path):
         (directory / "adapter_model.safetensors").write_bytes(b"partial")

@@ -268,7 +268,7 @@ def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path
     total = TrainResult(steps=sum(r.steps for r in results), tokens=sum(r.tokens for r in results),
                         loss_tokens=sum(r.loss_tokens for r in results), seconds=sum(r.seconds for r in results),
                         final_loss=sum(r.final_loss for r in results) / len(results),
-                        resumed_from_step=results[0].resumed_from_step,
+                        resumed_from_step=max(r.resumed_from_step for r in results),
                         trainable_parameters=sum(r.trainable_parameters for r in results),
                         losses=[loss for r in results for loss in r.losses],
                         validation=[v for r in results for v in r.validation],
