@@ -61,7 +61,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
 
     from inweights.api import load_memory
-    from inweights.config import LearnConfig
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
@@ -122,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict:
     workspace = Workspace()
     name = memory_name(point, args.skip_passages, args.passages)
     with tempfile.TemporaryDirectory() as folder:
-        config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
+        config = learn_config(point)
         kept = _kept(workspace, name, config) if args.keep else None
         if kept is not None:
             version = kept
@@ -172,12 +171,16 @@ def memory_name(point, skip_passages: int, passages: int) -> str:
     return name if len(name) <= 64 else f"{name[:55]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
 
 
-def _kept_other(workspace, point, skip_passages: int, passages: int):
+def learn_config(point):
+    """The LearnConfig a point's memory is learned with, on the embedded default base."""
     from inweights.config import LearnConfig
     from inweights.models import DEFAULT_BASE
 
-    config = LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
-    version = _kept(workspace, memory_name(point, skip_passages, passages), config)
+    return LearnConfig(base=DEFAULT_BASE, synth=point.synth_config(), train=point.train_config())
+
+
+def _kept_other(workspace, point, skip_passages: int, passages: int):
+    version = _kept(workspace, memory_name(point, skip_passages, passages), learn_config(point))
     if version is None:
         raise SystemExit(f"no kept memory of {point.name} on these passages: run strength.py --keep --point "
                          f"{point.name} with the same passages first")

@@ -180,24 +180,17 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
     again."""
     method = METHODS[train_config.method]
     run_dir = workspace.run_dir(memory, run_key)
-    if train_config.seeds > 1 and resume_from is None:
+    averaged = train_config.seeds > 1 and resume_from is None
+    if averaged:
         if shard is not None:
             raise InweightsError("seeds above 1 and --shard cannot be combined yet; train with one seed")
         model, result = _train_seeds(base, train_config, items, n_examples, run_dir, replay=replay, warmup=warmup,
                                      validation=validation, progress=progress)
     else:
-        model, result = None, None
+        model, result = _train_one(method, base, train_config, items, n_examples, run_dir, resume_from=resume_from,
+                                   replay=replay, warmup=warmup, validation=validation, progress=progress,
+                                   shard=shard)
     try:
-        if model is None:
-            model = _attach_or_resume(method, base, train_config, resume_from)
-            if hasattr(method, "prepare") and resume_from is None:
-                method.prepare(model, items, replay)
-            penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
-                       if train_config.anchor > 0 else None)
-            result = train(model, base.tokenizer, items, n_examples, train_config, run_dir, progress=progress,
-                           replay=replay, warmup=warmup, validation=validation, compute_dtype=base.dtype,
-                           shard=shard, penalty=penalty)
-
         if train_config.strength != 1.0:
             method.scale(model, train_config.strength)
 
@@ -208,25 +201,41 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
 
         number = workspace.publish(memory, write).version if distributed.is_main() else None
         distributed.barrier()
-        if train_config.seeds > 1 and resume_from is None and distributed.is_main():
+        if averaged and distributed.is_main():
             for seed_dir in run_dir.glob("seed*"):  # the seeds' own memories: the published one is their mean
                 shutil.rmtree(seed_dir, ignore_errors=True)
         return workspace.get(f"{memory}@{distributed.broadcast(number)}"), result
     finally:
-        if shard is None and model is not None:
+        if shard is None:
             method.detach(model)
 
 
-def _attach_or_resume(method, base: Base, train_config, resume_from: MemoryVersion | None):
-    """A fresh memory on the base, seeded, or `resume_from`'s memory made trainable at its trained scale."""
+def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir: Path, *,
+               resume_from: MemoryVersion | None, replay, warmup, validation, progress: bool, shard=None):
+    """Attach a fresh memory to the base, seeded (or `resume_from`'s memory, trainable at its trained scale), and
+    train it; returns (the model carrying it, the training result). On an error the memory is detached again
+    (unless sharded: see train_and_publish)."""
     torch.manual_seed(train_config.seed)
     if resume_from is None:
-        return method.attach(base.model, train_config)
-    model = method.resume(base.model, resume_from.path, train_config)
-    saved_at = resume_from.manifest["config"]["train"].get("strength", 1.0)
-    if saved_at != 1.0:  # train the update as it was trained, not as it was saved
-        method.scale(model, 1.0 / saved_at)
-    return model
+        model = method.attach(base.model, train_config)
+    else:
+        model = method.resume(base.model, resume_from.path, train_config)
+        saved_at = resume_from.manifest["config"]["train"].get("strength", 1.0)
+        if saved_at != 1.0:  # train the update as it was trained, not as it was saved
+            method.scale(model, 1.0 / saved_at)
+    try:
+        if hasattr(method, "prepare") and resume_from is None:
+            method.prepare(model, items, replay)
+        penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
+                   if train_config.anchor > 0 else None)
+        result = train(model, base.tokenizer, items, n_examples, train_config, run_dir, progress=progress,
+                       replay=replay, warmup=warmup, validation=validation, compute_dtype=base.dtype, shard=shard,
+                       penalty=penalty)
+    except BaseException:
+        if shard is None:
+            method.detach(model)
+        raise
+    return model, result
 
 
 def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path, *, replay, warmup, validation,
@@ -247,13 +256,9 @@ def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path
             results.append(TrainResult(**json.loads((done / "result.json").read_text())))
         else:
             _say(progress, f"seed {i + 1} of {train_config.seeds}")
-            model = _attach_or_resume(method, base, config, None)
+            model, result = _train_one(method, base, config, items, n_examples, seed_dir, resume_from=None,
+                                       replay=replay, warmup=warmup, validation=validation, progress=progress)
             try:
-                penalty = (Anchor(model, [row[0] for row in replay], config.anchor, base.tokenizer.pad_token_id)
-                           if config.anchor > 0 else None)
-                result = train(model, base.tokenizer, items, n_examples, config, seed_dir, progress=progress,
-                               replay=replay, warmup=warmup, validation=validation, compute_dtype=base.dtype,
-                               penalty=penalty)
                 if distributed.is_main():
                     partial = seed_dir / "memory.partial"
                     method.save(model, partial)
