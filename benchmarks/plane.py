@@ -456,7 +456,7 @@ def _table(points: dict) -> list[str]:
         d = p["general_deltas"]
 
         def pts(task, key="acc_points"):
-            return f"{d[task][key]:+.0f}" if task in d else ""
+            return task_cell(d, task, key)
 
         mark = "" if "requested" in p else " " + UNRECORDED
         lines.append(f"| {name}{mark} | {p['synthetic_tokens']:,} | {100 * p['scores']['em']:.1f} | "
@@ -464,6 +464,16 @@ def _table(points: dict) -> list[str]:
                      f"{p['general_mean_points']:+.1f} | {pts('arc_easy')} | {pts('piqa')} | {pts('boolq')} | "
                      f"{pts('triviaqa', 'match_points')} | {p['wikitext_ppl_pct']:+.1f}% | {p['learn_s']:.0f} s |")
     return lines
+
+
+def task_cell(deltas: dict, task: str, key: str = "acc_points") -> str:
+    """A general task's change in points for a table, with the items lost and gained where both runs marked
+    theirs: "-3 (-5/+2)" is 5 items lost and 2 gained."""
+    if task not in deltas:
+        return ""
+    d = deltas[task]
+    churn = f" (-{d['lost']}/+{d['gained']})" if "lost" in d else ""
+    return f"{d[key]:+.0f}{churn}"
 
 
 def plot(results: dict, out: Path) -> None:

@@ -294,11 +294,14 @@ def _report(results: dict, out: Path) -> dict:
 
     for key, row in sorted(results["scales"].items(), key=order):
         d = row["general_deltas"]
-        pts = [f"{d[t][k]:+.0f}" if t in d else "" for t, k in (("arc_easy", "acc_points"), ("piqa", "acc_points"),
-                                                               ("boolq", "acc_points"), ("triviaqa", "match_points"))]
+        pts = [plane.task_cell(d, t, k) for t, k in (("arc_easy", "acc_points"), ("piqa", "acc_points"),
+                                                     ("boolq", "acc_points"), ("triviaqa", "match_points"))]
         lines.append(f"| {key} | {100 * row['scores']['em']:.1f} | {100 * row['scores']['f1']:.1f} | "
                      f"{100 * row['gap_recovered']:.0f}% | {row['general_mean_points']:+.1f} | " + " | ".join(pts)
                      + f" | {row['wikitext_ppl_pct']:+.1f}% |")
+    if any("lost" in d for row in results["scales"].values() for d in row["general_deltas"].values()):
+        lines += ["", "A task's change in points, with (-items lost/+items gained) against the base where both runs "
+                  "marked their items."]
     (out / "strength.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return results

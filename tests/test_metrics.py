@@ -246,11 +246,13 @@ def test_general_suite_on_tiny_model(tiny, general_dir):
                            batch_size=2, progress=False)
     assert list(report) == ["arc_easy", "piqa", "boolq", "triviaqa", "wikitext2"]
     for task in ("arc_easy", "piqa", "boolq"):
-        assert set(report[task]) == {"acc", "acc_norm", "n"}
+        assert set(report[task]) == {"acc", "acc_norm", "n", "correct"}
         assert report[task]["n"] == 3
         assert 0.0 <= report[task]["acc"] <= 1.0 and 0.0 <= report[task]["acc_norm"] <= 1.0
+        assert len(report[task]["correct"]) == 3 and report[task]["correct"].count("1") == 3 * report[task]["acc"]
     assert report["arc_easy"] == report["piqa"] == report["boolq"]  # same items, same scores
     assert report["triviaqa"]["n"] == 3 and 0.0 <= report["triviaqa"]["match"] <= 1.0
+    assert report["triviaqa"]["correct"].count("1") == 3 * report["triviaqa"]["match"]
     assert report["wikitext2"]["tokens"] == 40 and report["wikitext2"]["ppl"] > 1.0
     assert json.loads(json.dumps(report)) == report  # plain JSON
 
@@ -274,3 +276,14 @@ def test_compare():
     assert deltas["wikitext2"] == {"ppl_pct": pytest.approx(10.0)}
     with pytest.raises(InweightsError, match="same limits"):
         compare(base, {"arc_easy": {"acc": 0.5, "acc_norm": 0.5, "n": 100}})
+
+
+def test_compare_counts_the_items_lost_and_gained_where_both_runs_marked_them():
+    base = {"boolq": {"acc": 0.6, "acc_norm": 0.6, "n": 5, "correct": "11100"},
+            "triviaqa": {"match": 0.4, "n": 5, "correct": "11000"}}
+    other = {"boolq": {"acc": 0.4, "acc_norm": 0.4, "n": 5, "correct": "10010"},
+             "triviaqa": {"match": 0.4, "n": 5}}  # an older report without marks
+    deltas = compare(base, other)
+    assert deltas["boolq"]["acc_points"] == pytest.approx(-20.0)
+    assert (deltas["boolq"]["lost"], deltas["boolq"]["gained"]) == (2, 1)
+    assert "lost" not in deltas["triviaqa"]

@@ -104,10 +104,11 @@ def general_suite(
 ) -> dict:
     """Score the model on each task whose limit is above 0.
 
-    Returns `{"arc_easy" | "piqa" | "boolq": {"acc", "acc_norm", "n"}, "triviaqa": {"match", "n"},
-    "wikitext2": {"ppl", "tokens"}}`, without the skipped tasks. `acc` picks the option with the highest
-    total log-likelihood. `acc_norm` divides that by the option's token count. TriviaQA takes the first
+    Returns `{"arc_easy" | "piqa" | "boolq": {"acc", "acc_norm", "n", "correct"}, "triviaqa": {"match", "n",
+    "correct"}, "wikitext2": {"ppl", "tokens"}}`, without the skipped tasks. `acc` picks the option with the
+    highest total log-likelihood. `acc_norm` divides that by the option's token count. TriviaQA takes the first
     line of a 16-token greedy answer and counts it correct when it contains an alias (see `alias_match`).
+    `correct` marks each item right ("1") or wrong ("0") by `acc` or `match`.
     """
     data_dir = Path(data_dir)
     report: dict = {}
@@ -132,8 +133,10 @@ def compare(base: dict, other: dict) -> dict:
     """Per-task change from `base` to `other`, for tasks in both reports.
 
     Accuracies become `<key>_points` (other - base, x100, so +1.5 means 1.5 points better). Perplexity
-    becomes `ppl_pct`, the relative change in % (positive means worse). Both reports must have scored the
-    same number of items, or the numbers would not be comparable.
+    becomes `ppl_pct`, the relative change in % (positive means worse). Where both reports mark their items
+    (`correct`), `lost` and `gained` count the items that went from right to wrong and back: a change of -3
+    points on 100 items made of 3 lost and 0 gained is a shift, made of 9 lost and 6 gained mostly churn. Both
+    reports must have scored the same number of items, or the numbers would not be comparable.
     """
     deltas: dict = {}
     for task in base.keys() & other.keys():
@@ -144,6 +147,9 @@ def compare(base: dict, other: dict) -> dict:
                     f"cannot compare {task}: {a[size]} vs {b.get(size)} {size}; rerun both with the same limits"
                 )
         task_deltas = {f"{key}_points": 100 * (b[key] - a[key]) for key in _ACCURACY_KEYS if key in a}
+        if len(a.get("correct", "")) == len(b.get("correct", "")) > 0:
+            pairs = list(zip(a["correct"], b["correct"]))
+            task_deltas |= {"lost": pairs.count(("1", "0")), "gained": pairs.count(("0", "1"))}
         if "ppl" in a:
             task_deltas["ppl_pct"] = 100 * (b["ppl"] / a["ppl"] - 1)
         deltas[task] = task_deltas
@@ -151,22 +157,23 @@ def compare(base: dict, other: dict) -> dict:
 
 
 def _multiple_choice(model, tokenizer, items: list[dict], task: str, batch_size: int, progress: bool) -> dict:
-    correct = correct_norm = 0
+    right, correct_norm = [], 0
     with tqdm(total=len(items), desc=task, disable=not progress, leave=False) as bar:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             contexts = [item["query"].rstrip() + ANSWER_CUE for item in chunk]
             logliks = option_logliks(model, tokenizer, contexts, [item["choices"] for item in chunk], batch_size)
             for item, scores in zip(chunk, logliks):
-                correct += choose(scores, normalize=False) == item["gold"]
+                right.append(choose(scores, normalize=False) == item["gold"])
                 correct_norm += choose(scores, normalize=True) == item["gold"]
             bar.update(len(chunk))
     n = len(items)
-    return {"acc": correct / n if n else 0.0, "acc_norm": correct_norm / n if n else 0.0, "n": n}
+    return {"acc": sum(right) / n if n else 0.0, "acc_norm": correct_norm / n if n else 0.0, "n": n,
+            "correct": _marks(right)}
 
 
 def _triviaqa(model, tokenizer, items: list[dict], stop_token_ids, batch_size: int, progress: bool) -> dict:
-    matched = 0.0
+    right = []
     with tqdm(total=len(items), desc="triviaqa", disable=not progress, leave=False) as bar:
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
@@ -175,10 +182,16 @@ def _triviaqa(model, tokenizer, items: list[dict], stop_token_ids, batch_size: i
                                batch_size=batch_size)
             for item, answer in zip(chunk, answers):
                 first_line = answer.strip().split("\n", 1)[0]
-                matched += alias_match(first_line, item["aliases"])
+                right.append(alias_match(first_line, item["aliases"]) == 1.0)
             bar.update(len(chunk))
     n = len(items)
-    return {"match": matched / n if n else 0.0, "n": n}
+    return {"match": sum(right) / n if n else 0.0, "n": n, "correct": _marks(right)}
+
+
+def _marks(right: list[bool]) -> str:
+    """Which items were right, one character each ("1" right, "0" wrong): compact in JSON, and enough for
+    `compare` to count the items a change lost and gained."""
+    return "".join("1" if r else "0" for r in right)
 
 
 def _read_jsonl(path: Path, limit: int | None):

@@ -57,7 +57,8 @@ def markdown(report: dict) -> str:
             if source == "base":
                 continue
             for task, deltas in f["deltas"].items():
-                lines.append(f"| {source} | {task} | " + ", ".join(f"{k} {v:+.2f}" for k, v in deltas.items()) + " |")
+                lines.append(f"| {source} | {task} | " + ", ".join(
+                    f"{k} {v}" if isinstance(v, int) else f"{k} {v:+.2f}" for k, v in deltas.items()) + " |")
     if report["training"]:
         lines += ["", "## Training cost", "",
                   "| model | ref | train s | total s | synthetic examples | trained tokens |",
