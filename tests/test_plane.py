@@ -138,3 +138,17 @@ def test_a_stored_point_made_by_older_strategies_is_run_again():
         assert not plane._strategies_changed(SynthConfig(strategies=("selfstudy",)))
     finally:
         plane.UNVERSIONED = original
+
+
+def test_yes_rate_reads_each_answer_from_its_mark_and_gold_label():
+    spec = importlib.util.spec_from_file_location("yes_rate", Path(plane.__file__).parent / "yes_rate.py")
+    yes_rate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(yes_rate)
+    gold = [1, 1, 0, 0, 1]
+    assert yes_rate.answers("10101", gold) == [1, 0, 0, 1, 1]
+    # the base says yes, no, no, yes, yes; the memory says yes to all: it gains item 1 and loses item 2
+    row = yes_rate.shift("10101", "11001", gold)
+    assert row == {"n": 5, "yes": 5, "base_yes": 3, "lost_gold_yes": 0, "lost_gold_no": 1,
+                   "gained_gold_yes": 1, "gained_gold_no": 0}
+    with pytest.raises(ValueError):
+        yes_rate.answers("101", gold)
