@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
             for doc_id, text in documents.items():
                 (Path(folder) / f"{doc_id}.txt").write_text(text, encoding="utf-8")
             memory_ref = learn([folder], memory, config, base=base, workspace=workspace, exclude_questions=exclude,
-                               progress=progress).ref
+                               progress=progress, yes=True).ref
     if "naive" in conditions:
         # The naive fine-tune gets the memory's resolved training settings (same LoRA, epochs, seed) when there is one.
         train_config = (LearnConfig.from_dict(workspace.get(memory_ref).manifest["config"]).train if memory_ref

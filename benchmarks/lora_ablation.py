@@ -53,7 +53,7 @@ def memory_version(name: str, train_fields: dict, base, workspace: Workspace, do
             (Path(folder) / f"{doc}.txt").write_text(text, encoding="utf-8")
         start = time.perf_counter()
         version = learn([folder], name, config, base=base, workspace=workspace,
-                        exclude_questions=[q.question for q in questions], progress=False)
+                        exclude_questions=[q.question for q in questions], progress=False, yes=True)
     print(f"learned {name} in {time.perf_counter() - start:.0f} s", file=sys.stderr)
     return version
 

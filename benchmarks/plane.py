@@ -331,7 +331,7 @@ def learn_point(folder, point, config, base, workspace, exclude, progress):
     from inweights.api import learn
 
     return learn([folder], _memory_name(point), config, base=base, workspace=workspace, exclude_questions=exclude,
-                 progress=progress)
+                 progress=progress, yes=True)
 
 
 STALE = ("measured under the defaults of an earlier version (a name means today's defaults); each was run again "

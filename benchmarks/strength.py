@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
             from inweights.api import learn
 
             version = learn([folder], name, config, base=base, workspace=workspace,
-                            exclude_questions=[q.question for q in questions], progress=progress)
+                            exclude_questions=[q.question for q in questions], progress=progress, yes=True)
             results["learn_s"] = time.perf_counter() - t
             results["manifest_config"] = version.manifest["config"]
             results["memory"] = version.ref
