@@ -152,3 +152,25 @@ def test_yes_rate_reads_each_answer_from_its_mark_and_gold_label():
                    "gained_gold_yes": 1, "gained_gold_no": 0}
     with pytest.raises(ValueError):
         yes_rate.answers("101", gold)
+
+
+def test_general_wide_gives_each_change_a_paired_interval():
+    spec = importlib.util.spec_from_file_location("general_wide", Path(plane.__file__).parent / "general_wide.py")
+    general_wide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(general_wide)
+    # 10 items: the memory loses items 0 and 1, gains item 9; the others are as before
+    change = general_wide.paired_change("1111100000", "0011100001")
+    assert (change["n"], change["lost"], change["gained"]) == (10, 2, 1)
+    assert change["points"] == pytest.approx(-10.0)
+    # differences -1, -1, +1 and seven 0: mean -0.1, sample variance (0.3 - 0.01) * 10 / 9
+    assert change["ci95_points"] == pytest.approx(100 * 1.96 * ((0.29 * 10 / 9) / 10) ** 0.5)
+    assert general_wide.paired_change("1010", "1010")["ci95_points"] == 0.0
+    parts = general_wide.split("1111100000", "0011100001", first=4)
+    assert (parts["first"]["lost"], parts["rest"]["gained"], parts["all"]["n"]) == (2, 1, 10)
+    assert "rest" not in general_wide.split("10", "01", first=4)
+    assert general_wide.parse_memory("lora-sft-guard-facts-all+lora-sft-guard-facts-all-sd1@0.70") == (
+        ["lora-sft-guard-facts-all", "lora-sft-guard-facts-all-sd1"], "0.7")
+    with pytest.raises(SystemExit):
+        general_wide.parse_memory("lora-sft-guard-facts-all")
+    with pytest.raises(ValueError):
+        general_wide.paired_change("10", "1")
