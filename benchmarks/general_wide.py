@@ -157,7 +157,8 @@ def _report(results: dict, out: Path) -> dict:
              + ".", "",
              "Each cell: the change in points against the base, ± the half-width of its 95% interval (paired), "
              "(-items lost/+items gained). Items 1-100 are those strength.py scores; the items after them are new.",
-             "", "| memory | items | ARC-E | PIQA | BoolQ | TriviaQA | tasks down > 2 |", "|---|---|---|---|---|---|---|"]
+             "", "| memory | items | ARC-E | PIQA | BoolQ | TriviaQA | tasks down > 2 |",
+             "|---|---|---|---|---|---|---|"]
     for spec, row in results["memories"].items():
         for part, name in (("all", f"1-{s['items']}"), ("first", f"1-{FIRST}"), ("rest", f"{FIRST + 1}-{s['items']}")):
             changes = [row["changes"][task].get(part) for task, _, _ in TASKS]
