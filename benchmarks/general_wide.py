@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import plane  # noqa: E402
 import strength  # noqa: E402
+import yes_rate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = (("arc_easy", "acc", "ARC-E"), ("piqa", "acc", "PIQA"), ("boolq", "acc", "BoolQ"),
@@ -102,6 +103,8 @@ def main(argv: list[str] | None = None) -> dict:
     results.setdefault("memories", {})
     limits = GeneralLimits(arc_easy=args.items, piqa=args.items, boolq=args.items, triviaqa=args.items,
                            wikitext_tokens=0)
+    if "base" in results and all(spec in results["memories"] for spec, _, _ in specs):
+        return _report(results, args.out, args.data)  # nothing left to score: no model to load
     base = load_base(DEFAULT_BASE)
     progress = not args.no_progress
 
@@ -141,14 +144,14 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"{spec}: " + ", ".join(f"{label} {row['changes'][task]['all']['points']:+.1f}"
                                       for task, _, label in TASKS), flush=True)
         save()
-    return _report(results, args.out)
+    return _report(results, args.out, args.data)
 
 
 def cell(change: dict) -> str:
     return f"{change['points']:+.1f} ± {change['ci95_points']:.1f} (-{change['lost']}/+{change['gained']})"
 
 
-def _report(results: dict, out: Path) -> dict:
+def _report(results: dict, out: Path, data: Path) -> dict:
     s = results["settings"]
     b = results["base"]["general"]
     lines = [f"# General tasks on {s['items']} items each (memories of SQuAD dev passages {s['skip_passages'] + 1}-"
@@ -160,13 +163,22 @@ def _report(results: dict, out: Path) -> dict:
              "", "| memory | items | ARC-E | PIQA | BoolQ | TriviaQA | tasks down > 2 |",
              "|---|---|---|---|---|---|---|"]
     for spec, row in results["memories"].items():
-        for part, name in (("all", f"1-{s['items']}"), ("first", f"1-{FIRST}"), ("rest", f"{FIRST + 1}-{s['items']}")):
+        first = row["changes"]["boolq"]["first"]["n"]
+        for part, name in (("all", f"1-{s['items']}"), ("first", f"1-{first}"), ("rest", f"{first + 1}-{s['items']}")):
             changes = [row["changes"][task].get(part) for task, _, _ in TASKS]
             if None in changes:
                 continue
             down = [label for (_, _, label), c in zip(TASKS, changes) if c["points"] < -2]
             lines.append(f"| {spec if part == 'all' else ''} | {name} | " + " | ".join(cell(c) for c in changes)
                          + f" | {', '.join(down) or 'none'} |")
+    base_marks = results["base"]["general"]["boolq"]["correct"]
+    gold = yes_rate.gold_labels(data, len(base_marks))
+    lines += ["", f"BoolQ's first {len(gold)} items are {100 * sum(gold) / len(gold):.0f}% \"yes\"; the base answers "
+              f"\"yes\" to {yes_rate.shift(base_marks, base_marks, gold)['yes']} of them, each memory to:", ""]
+    for spec, row in results["memories"].items():
+        r = yes_rate.shift(base_marks, row["general"]["boolq"]["correct"], gold)
+        lines.append(f"- {spec}: {r['yes']} (lost gold yes / no: {r['lost_gold_yes']} / {r['lost_gold_no']}; "
+                     f"gained: {r['gained_gold_yes']} / {r['gained_gold_no']})")
     (out / "general_wide.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return results

@@ -174,3 +174,30 @@ def test_general_wide_gives_each_change_a_paired_interval():
         general_wide.parse_memory("lora-sft-guard-facts-all")
     with pytest.raises(ValueError):
         general_wide.paired_change("10", "1")
+
+
+def test_general_wide_report_counts_tasks_down_and_boolq_answers(tmp_path):
+    spec = importlib.util.spec_from_file_location("general_wide", Path(plane.__file__).parent / "general_wide.py")
+    general_wide = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(general_wide)
+    (tmp_path / "general").mkdir()
+    gold = [1, 1, 0, 1]
+    (tmp_path / "general" / "boolq_500.jsonl").write_text(
+        "".join(f'{{"query": "q{i}", "choices": ["no", "yes"], "gold": {g}}}\n' for i, g in enumerate(gold)))
+    base = {"arc_easy": "1100", "piqa": "1010", "boolq": "1101", "triviaqa": "0001"}
+    memory = {"arc_easy": "1100", "piqa": "1011", "boolq": "0111", "triviaqa": "0001"}
+    general = lambda marks: {t: {"acc" if t != "triviaqa" else "match": m.count("1") / 4, "n": 4, "correct": m}
+                             for t, m in marks.items()}
+    results = {"settings": {"items": 4, "passages": 24, "skip_passages": 24},
+               "base": {"general": general(base)},
+               "memories": {"m@0.7": {"general": general(memory),
+                                      "changes": {t: general_wide.split(base[t], memory[t], first=2) for t in base}}}}
+    general_wide._report(results, tmp_path, tmp_path)
+    text = (tmp_path / "general_wide.md").read_text()
+    # BoolQ: item 0 lost (-25 points over 4 items), item 2 gained: net 0; PIQA gains item 3 (+25)
+    assert "| m@0.7 | 1-4 | +0.0 ± 0.0 (-0/+0) | +25.0" in text and "| none |" in text
+    assert "| 1-2 | +0.0 ± 0.0 (-0/+0) | +0.0 ± 0.0 (-0/+0) | -50.0" in text and "| BoolQ |" in text
+    assert "| 3-4 | +0.0 ± 0.0 (-0/+0) | +50.0" in text
+    # the base says yes to all four (item 2, gold no, wrong); the memory says no to items 0 (lost) and 2 (gained)
+    assert "the base answers \"yes\" to 4 of them" in text
+    assert "- m@0.7: 2 (lost gold yes / no: 1 / 0; gained: 0 / 1)" in text
