@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             marks = run["general"]["boolq"].get("correct")
             if marks is None:
                 continue
-            delta = round(100 * (run["general"]["boolq"]["acc"] - base["acc"]))
+            stored = run.get("general_deltas", {}).get("boolq", {}).get("acc_points")
+            delta = round(stored if stored is not None else 100 * (run["general"]["boolq"]["acc"] - base["acc"]))
             rows.append({"folder": folder.name, "scale": scale, "delta": delta} | shift(base["correct"], marks, gold))
     lines = ["| result | s | BoolQ | says yes (base) | lost: gold yes / no | gained: gold yes / no |",
              "|---|---|---|---|---|---|"]
