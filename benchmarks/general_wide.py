@@ -85,9 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
             if plane._parse(p).method != "lora":
                 raise SystemExit(f"{p}: general_wide scores kept LoRA memories")
 
-    from inweights.api import load_memory
     from inweights.evaluate.general import GeneralLimits, general_suite
-    from inweights.methods.lora import average
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
 
@@ -126,17 +124,8 @@ def main(argv: list[str] | None = None) -> dict:
             continue
         versions = [strength._kept_other(workspace, plane._parse(p), args.skip_passages, args.passages)
                     for p in points]
-        if len(versions) > 1:
-            model = average(base.model, [v.path for v in versions])
-            close = model.unload
-        else:
-            loaded = load_memory(versions[0].ref, base=base, workspace=workspace)
-            model, close = loaded.model, loaded.close
-        try:
-            strength._apply(model, scale, "lora")
+        with strength.scaled_memory(base, workspace, versions, scale, "lora") as model:
             row = evaluate(model)
-        finally:
-            close()
         row["memories"] = [v.ref for v in versions]
         row["changes"] = {task: split(results["base"]["general"][task]["correct"], row["general"][task]["correct"])
                           for task, _, _ in TASKS}
@@ -171,10 +160,10 @@ def _report(results: dict, out: Path, data: Path) -> dict:
             down = [label for (_, _, label), c in zip(TASKS, changes) if c["points"] < -2]
             lines.append(f"| {spec if part == 'all' else ''} | {name} | " + " | ".join(cell(c) for c in changes)
                          + f" | {', '.join(down) or 'none'} |")
-    base_marks = results["base"]["general"]["boolq"]["correct"]
+    base_marks = b["boolq"]["correct"]
     gold = yes_rate.gold_labels(data, len(base_marks))
     lines += ["", f"BoolQ's first {len(gold)} items are {100 * sum(gold) / len(gold):.0f}% \"yes\"; the base answers "
-              f"\"yes\" to {yes_rate.shift(base_marks, base_marks, gold)['yes']} of them, each memory to:", ""]
+              f"\"yes\" to {sum(yes_rate.answers(base_marks, gold))} of them, each memory to:", ""]
     for spec, row in results["memories"].items():
         r = yes_rate.shift(base_marks, row["general"]["boolq"]["correct"], gold)
         lines.append(f"- {spec}: {r['yes']} (lost gold yes / no: {r['lost_gold_yes']} / {r['lost_gold_no']}; "

@@ -29,6 +29,7 @@ import re
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -60,11 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from inweights.api import load_memory
     from inweights.evaluate.conditions import answer_short, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
-    from inweights.methods.lora import average
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
 
@@ -140,17 +139,8 @@ def main(argv: list[str] | None = None) -> dict:
         averaged = [_kept_other(workspace, p, args.skip_passages, args.passages) for p in others]
         results["averaged_with"] = [v.ref for v in averaged]
         for s in todo:
-            if averaged:  # the mean of the memories' updates, as `learn --seeds` saves it
-                model = average(base.model, [version.path] + [v.path for v in averaged])
-                close = model.unload
-            else:
-                loaded = load_memory(version.ref, base=base, workspace=workspace)
-                model, close = loaded.model, loaded.close
-            try:
-                _apply(model, s, point.method)
+            with scaled_memory(base, workspace, [version, *averaged], s, point.method) as model:
                 row = evaluate(model)
-            finally:
-                close()
             deltas = compare(results["base"]["general"], row["general"])
             row |= {"general_deltas": deltas, "general_mean_points": mean_change_points(deltas),
                     "wikitext_ppl_pct": deltas.get("wikitext2", {}).get("ppl_pct"),
@@ -249,6 +239,26 @@ def profile_factor(profile: str, module_name: str, n_layers: int) -> float:
         if part in ("", kind):
             factor *= float(value)
     return factor
+
+
+@contextmanager
+def scaled_memory(base, workspace, versions, profile: str, method: str):
+    """The base carrying the memory of `versions` (one, or the mean of several LoRA memories' updates, as `learn
+    --seeds` saves it) scaled by `profile` (see _apply); the base is plain again on leaving."""
+    from inweights.api import load_memory
+    from inweights.methods.lora import average
+
+    if len(versions) > 1:
+        model = average(base.model, [v.path for v in versions])
+        close = model.unload
+    else:
+        loaded = load_memory(versions[0].ref, base=base, workspace=workspace)
+        model, close = loaded.model, loaded.close
+    try:
+        _apply(model, profile, method)
+        yield model
+    finally:
+        close()
 
 
 def _apply(model, profile: str, method: str) -> None:
