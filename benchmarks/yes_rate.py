@@ -67,8 +67,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             marks = run["general"]["boolq"].get("correct")
             if marks is None:
                 continue
-            stored = run.get("general_deltas", {}).get("boolq", {}).get("acc_points")
-            delta = round(stored if stored is not None else 100 * (run["general"]["boolq"]["acc"] - base["acc"]))
+            delta = round(run["general_deltas"]["boolq"]["acc_points"])
             rows.append({"folder": folder.name, "scale": scale, "delta": delta} | shift(base["correct"], marks, gold))
     lines = ["| result | s | BoolQ | says yes (base) | lost: gold yes / no | gained: gold yes / no |",
              "|---|---|---|---|---|---|"]

@@ -10,12 +10,19 @@ import pytest
 
 from inweights.synth import STRATEGIES
 
-_spec = importlib.util.spec_from_file_location("plane", Path(__file__).parents[1] / "benchmarks" / "plane.py")
-plane = sys.modules["plane"] = importlib.util.module_from_spec(_spec)  # dataclasses look their module up
-_spec.loader.exec_module(plane)
-_strength_spec = importlib.util.spec_from_file_location("strength", Path(plane.__file__).parent / "strength.py")
-strength = importlib.util.module_from_spec(_strength_spec)
-_strength_spec.loader.exec_module(strength)
+
+def _benchmark(name: str):
+    """A script of benchmarks/ as a module; plane is registered as `plane`, which its dataclasses look up."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parents[1] / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    if name == "plane":
+        sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+plane = _benchmark("plane")
+strength = _benchmark("strength")
 
 
 @pytest.mark.parametrize("point", plane.default_points([750, 1500, 6000, 12000], 6000, 1500)
@@ -141,9 +148,7 @@ def test_a_stored_point_made_by_older_strategies_is_run_again():
 
 
 def test_yes_rate_reads_each_answer_from_its_mark_and_gold_label():
-    spec = importlib.util.spec_from_file_location("yes_rate", Path(plane.__file__).parent / "yes_rate.py")
-    yes_rate = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(yes_rate)
+    yes_rate = _benchmark("yes_rate")
     gold = [1, 1, 0, 0, 1]
     assert yes_rate.answers("10101", gold) == [1, 0, 0, 1, 1]
     # the base says yes, no, no, yes, yes; the memory says yes to all: it gains item 1 and loses item 2
@@ -155,9 +160,7 @@ def test_yes_rate_reads_each_answer_from_its_mark_and_gold_label():
 
 
 def test_general_wide_gives_each_change_a_paired_interval():
-    spec = importlib.util.spec_from_file_location("general_wide", Path(plane.__file__).parent / "general_wide.py")
-    general_wide = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(general_wide)
+    general_wide = _benchmark("general_wide")
     # 10 items: the memory loses items 0 and 1, gains item 9; the others are as before
     change = general_wide.paired_change("1111100000", "0011100001")
     assert (change["n"], change["lost"], change["gained"]) == (10, 2, 1)
@@ -177,9 +180,7 @@ def test_general_wide_gives_each_change_a_paired_interval():
 
 
 def test_general_wide_report_counts_tasks_down_and_boolq_answers(tmp_path):
-    spec = importlib.util.spec_from_file_location("general_wide", Path(plane.__file__).parent / "general_wide.py")
-    general_wide = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(general_wide)
+    general_wide = _benchmark("general_wide")
     (tmp_path / "general").mkdir()
     gold = [1, 1, 0, 1]
     (tmp_path / "general" / "boolq_500.jsonl").write_text(
