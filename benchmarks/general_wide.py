@@ -13,7 +13,8 @@ Run as:
         --memory lora-sft-guard-facts-all+lora-sft-guard-facts-all-sd1@0.7 \
         --out benchmarks/results/general_wide_check24
 A memory is POINT[+POINT...]@SCALE: one kept memory of a plane.py point, or the mean of several (as
-strength.py --average-with scores it), its update scaled by SCALE. Outputs general_wide.json (every number,
+strength.py --average-with scores it), its update scaled by SCALE (a number, or a strength.py profile such as
+'rank=16,all=0.75'). Outputs general_wide.json (every number,
 each item's mark) and general_wide.md in --out; an interrupted run resumes, scoring only what is missing.
 """
 
@@ -62,11 +63,17 @@ def split(base_marks: str, marks: str, first: int = FIRST) -> dict:
 
 
 def parse_memory(spec: str) -> tuple[list[str], str]:
-    """'POINT[+POINT...]@SCALE' -> (points, scale as strength.py keys it)."""
+    """'POINT[+POINT...]@SCALE' -> (points, scale as strength.py keys it); SCALE is a number or a strength.py
+    profile (e.g. 'rank=16,all=0.75')."""
     points, at, scale = spec.rpartition("@")
     if not at or not points:
         raise SystemExit(f"memory {spec!r}: expected POINT[+POINT...]@SCALE")
-    return points.split("+"), f"{float(scale):g}"
+    try:
+        return points.split("+"), f"{float(scale):g}"
+    except ValueError:
+        strength.profile_factor(scale, "x.layers.0.mlp.up_proj", 1)  # a bad profile fails here
+        strength.profile_rank(scale)
+        return points.split("+"), scale
 
 
 def main(argv: list[str] | None = None) -> dict:

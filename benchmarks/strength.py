@@ -76,6 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
         raise SystemExit("strength scales a LoRA or memory_layer memory (profiles: LoRA only)")
     for key in scales:
         profile_factor(key, "x.layers.0.mlp.up_proj", 1)  # a bad profile fails before learning
+        profile_rank(key)
     progress = not args.no_progress
     documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(DEFAULT_BASE)
@@ -207,11 +208,31 @@ def _kept(workspace, name: str, config):
     return version if learned_with(config, version.manifest["config"]) else None
 
 
+def profile_rank(profile: str) -> tuple[int | None, int] | None:
+    """(rank, drop) from a profile's 'rank=K' and 'drop=J' entries, or None without either: every LoRA module's
+    update is cut to its singular directions J, ..., K - 1, largest first (lora.truncate; before the factors):
+    'rank=K' alone is its best rank-K approximation, 'drop=J' removes its J largest directions."""
+    found = {}
+    for entry in profile.split(","):
+        selector, _, value = entry.partition("=")
+        if selector in ("rank", "drop"):
+            if not value.isdigit() or int(value) < (1 if selector == "rank" else 0):
+                raise SystemExit(f"profile entry {entry!r}: rank=K and drop=J need whole numbers K >= 1, J >= 0")
+            found[selector] = int(value)
+    if not found:
+        return None
+    rank, drop = found.get("rank"), found.get("drop", 0)
+    if rank is not None and drop >= rank:
+        raise SystemExit(f"profile {profile!r}: drop=J must be below rank=K")
+    return rank, drop
+
+
 def profile_factor(profile: str, module_name: str, n_layers: int) -> float:
     """The factor a profile gives one LoRA module: the product of its matching entries. A profile is a plain
-    number (every module), or comma-separated 'selector=factor' entries whose selector is 'attn' or 'mlp' (the
-    module kind), 'La-b' (decoder layers a to b, from 0), 'La-b.attn' / 'La-b.mlp', or 'ramp=first:last' (a
-    factor linear in the layer index, first at layer 0 and last at the last layer)."""
+    number (every module), or comma-separated 'selector=factor' entries whose selector is 'all', 'attn' or 'mlp'
+    (the module kind), 'La-b' (decoder layers a to b, from 0), 'La-b.attn' / 'La-b.mlp', or 'ramp=first:last' (a
+    factor linear in the layer index, first at layer 0 and last at the last layer); 'rank=K' and 'drop=J' entries
+    are no factors (profile_rank)."""
     try:
         return float(profile)
     except ValueError:
@@ -224,14 +245,18 @@ def profile_factor(profile: str, module_name: str, n_layers: int) -> float:
         selector, _, value = entry.partition("=")
         if not value:
             raise SystemExit(f"profile entry {entry!r} needs selector=factor")
+        if selector in ("rank", "drop"):  # not factors: see profile_rank
+            continue
         if selector == "ramp":
             first, last = (float(v) for v in value.split(":"))
             if layer is not None:
                 factor *= first + (last - first) * layer / max(n_layers - 1, 1)
             continue
         layers, _, part = selector.partition(".") if selector.startswith("L") else ("", "", selector)
-        if part not in ("", "attn", "mlp"):
-            raise SystemExit(f"profile selector {selector!r}: the part must be attn or mlp")
+        if part == "all":
+            part = ""
+        elif part not in ("", "attn", "mlp"):
+            raise SystemExit(f"profile selector {selector!r}: the part must be all, attn or mlp")
         if layers:
             a, _, b = layers[1:].partition("-")
             if layer is None or not int(a) <= layer <= int(b or a):
@@ -267,7 +292,7 @@ def _apply(model, profile: str, method: str) -> None:
     from peft.tuners.lora import LoraLayer
 
     from inweights.methods import METHODS
-    from inweights.methods.lora import decoder_layers
+    from inweights.methods.lora import decoder_layers, truncate
 
     try:
         factor = float(profile)
@@ -276,6 +301,9 @@ def _apply(model, profile: str, method: str) -> None:
     if factor is not None:
         METHODS[method].scale(model, factor)
         return
+    cut = profile_rank(profile)
+    if cut is not None:
+        truncate(model, *cut)
     n_layers = len(decoder_layers(model))
     for module_name, module in model.named_modules():
         if isinstance(module, LoraLayer):

@@ -141,3 +141,35 @@ def test_lora_on_chosen_layers_only(base):
         METHODS["lora"].detach(model)
     with pytest.raises(ValueError, match="layers: any set"):
         TrainConfig(method="full", layers=(0,))
+
+
+def test_lora_truncate_keeps_each_updates_best_low_rank_approximation(base):
+    from peft.tuners.lora import LoraLayer
+
+    from inweights.methods.lora import truncate
+
+    torch.manual_seed(0)
+    model = METHODS["lora"].attach(base.model, TrainConfig(rank=8))
+    try:
+        layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+        with torch.no_grad():
+            for m in layers:  # PEFT starts B at zero: give every update a full rank-8 spectrum
+                m.lora_B["default"].weight.normal_()
+        updates = [(m.lora_B["default"].weight @ m.lora_A["default"].weight).detach().clone() for m in layers]
+        truncate(model, 3)
+        for m, before in zip(layers, updates):
+            after = (m.lora_B["default"].weight @ m.lora_A["default"].weight).detach()
+            u, s, vh = torch.linalg.svd(before)
+            best = (u[:, :3] * s[:3]) @ vh[:3]
+            assert torch.allclose(after, best, atol=1e-5 * float(s[0]))
+            assert int(torch.linalg.matrix_rank(after)) == 3
+        truncate(model, drop=1)  # now the top direction of each rank-3 update goes: directions 2 and 3 stay
+        for m, before in zip(layers, updates):
+            after = (m.lora_B["default"].weight @ m.lora_A["default"].weight).detach()
+            u, s, vh = torch.linalg.svd(before)
+            assert torch.allclose(after, (u[:, 1:3] * s[1:3]) @ vh[1:3], atol=1e-5 * float(s[0]))
+        for bad in ({"rank": 0}, {"drop": -1}, {"rank": 2, "drop": 2}):
+            with pytest.raises(ValueError, match="rank"):
+                truncate(model, **bad)
+    finally:
+        METHODS["lora"].detach(model)

@@ -173,8 +173,11 @@ def test_general_wide_gives_each_change_a_paired_interval():
     assert "rest" not in general_wide.split("10", "01", first=4)
     assert general_wide.parse_memory("lora-sft-guard-facts-all+lora-sft-guard-facts-all-sd1@0.70") == (
         ["lora-sft-guard-facts-all", "lora-sft-guard-facts-all-sd1"], "0.7")
-    with pytest.raises(SystemExit):
-        general_wide.parse_memory("lora-sft-guard-facts-all")
+    assert general_wide.parse_memory("lora-sft-guard-facts-all@rank=16,all=0.75") == (
+        ["lora-sft-guard-facts-all"], "rank=16,all=0.75")
+    for bad in ("lora-sft-guard-facts-all", "lora-sft-guard-facts-all@rank=x", "lora-sft-guard-facts-all@big"):
+        with pytest.raises(SystemExit):
+            general_wide.parse_memory(bad)
     with pytest.raises(ValueError):
         general_wide.paired_change("10", "1")
 
@@ -202,3 +205,15 @@ def test_general_wide_report_counts_tasks_down_and_boolq_answers(tmp_path):
     # the base says yes to all four (item 2, gold no, wrong); the memory says no to items 0 (lost) and 2 (gained)
     assert "the base answers \"yes\" to 4 of them" in text
     assert "- m@0.7: 2 (lost gold yes / no: 1 / 0; gained: 0 / 1)" in text
+
+
+def test_a_profile_rank_entry_truncates_and_is_no_factor():
+    assert strength.profile_rank("rank=4") == (4, 0)
+    assert strength.profile_rank("rank=8,all=0.85") == (8, 0)
+    assert strength.profile_rank("drop=1") == (None, 1) and strength.profile_rank("drop=1,rank=8") == (8, 1)
+    assert strength.profile_rank("mlp=0.5") is None and strength.profile_rank("0.7") is None
+    assert strength.profile_factor("rank=8,all=0.85", "x.layers.3.self_attn.q_proj", 18) == 0.85
+    assert strength.profile_factor("rank=8,drop=1", "x.layers.3.mlp.up_proj", 18) == 1.0
+    for bad in ("rank=0", "rank=x", "drop=-1", "drop=4,rank=4"):
+        with pytest.raises(SystemExit, match="rank=K|drop=J"):
+            strength.profile_rank(bad)

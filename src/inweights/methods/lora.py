@@ -81,6 +81,35 @@ def average(model, directories) -> PeftModel:
     return peft_model
 
 
+@torch.no_grad()
+def truncate(model, rank: int | None = None, drop: int = 0) -> None:
+    """Keep each LoRA module's update B @ A only along its singular directions drop, ..., rank - 1 (largest first),
+    in place: `rank` alone gives the best rank-`rank` approximation of the update, `drop` removes its largest
+    directions. The factors keep their shape, the rest of their rows and columns zero. An update of rank r is
+    factored through two thin QRs and an r x r SVD, never the full matrix."""
+    if (rank is not None and rank < 1) or drop < 0 or (rank is not None and drop >= rank):
+        raise ValueError("rank must be >= 1 and above drop, drop >= 0")
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.lora_A:
+            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight  # (r, in), (out, r)
+            last = a.shape[0] if rank is None else min(rank, a.shape[0])
+            if drop == 0 and last == a.shape[0]:
+                continue
+            qb, rb = torch.linalg.qr(b.float())
+            qa, ra = torch.linalg.qr(a.float().T)
+            u, s, vh = torch.linalg.svd(rb @ ra.T)
+            kept = slice(drop, last)
+            root = s[kept].sqrt()
+            new_b = torch.zeros_like(b)
+            new_a = torch.zeros_like(a)
+            new_b[:, :last - drop] = (qb @ u[:, kept] * root).to(b.dtype)
+            new_a[:last - drop] = ((qa @ vh[kept].T) * root).T.to(a.dtype)
+            b.copy_(new_b)
+            a.copy_(new_a)
+
+
 def target_modules(model, config) -> list[str]:
     """The config's target modules as given, or, when it names none, those found by `linear_targets`."""
     return list(config.target_modules) or linear_targets(model)
