@@ -319,8 +319,12 @@ def _report(results: dict, out: Path) -> dict:
              f"{s['skip_passages'] + s['passages']}, {s['questions']} questions; general tasks: "
              f"{s['general_limit']} items each, WikiText-2 {s['wikitext_tokens']:,} tokens)", "",
              f"Base model: closed-book EM {100 * b['scores']['em']:.1f}, in-context EM "
-             f"{100 * b['in_context']['em']:.1f}. One memory, learned in {results.get('learn_s', 0):.0f} s, "
-             "scored with its update (LoRA: alpha; memory layer: value rows) scaled by s.", "",
+             f"{100 * b['in_context']['em']:.1f}. "
+             + (f"One memory, learned in {results['learn_s']:.0f} s" if "learn_s" in results else
+                "A memory kept by an earlier run" if not s.get("average_with") else
+                f"The mean of {1 + len(s['average_with'])} memories kept by earlier runs")
+             + ", scored with its update (LoRA: alpha; memory layer: value rows) scaled by s (a profile: "
+             "strength.py's profile_factor and profile_rank).", "",
              "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | "
              "WikiText-2 ppl |",
              "|" + "---|" * 10]
