@@ -14,8 +14,8 @@ Run as:
         --out benchmarks/results/general_wide_check24
 A memory is POINT[+POINT...]@SCALE: one kept memory of a plane.py point, or the mean of several (as
 strength.py --average-with scores it), its update scaled by SCALE (a number, or a strength.py profile such as
-'rank=16,all=0.75'). Outputs general_wide.json (every number,
-each item's mark) and general_wide.md in --out; an interrupted run resumes, scoring only what is missing.
+'rank=16,all=0.75'). Outputs general_wide.json (every number, each item's mark) and general_wide.md in --out; an
+interrupted run resumes, scoring only what is missing.
 """
 
 from __future__ import annotations
@@ -71,8 +71,7 @@ def parse_memory(spec: str) -> tuple[list[str], str]:
     try:
         return points.split("+"), f"{float(scale):g}"
     except ValueError:
-        strength.profile_factor(scale, "x.layers.0.mlp.up_proj", 1)  # a bad profile fails here
-        strength.profile_rank(scale)
+        strength.check_profile(scale)
         return points.split("+"), scale
 
 

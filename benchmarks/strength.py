@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> dict:
     if point.method not in ("lora", "memory_layer") or (point.method != "lora" and args.profiles):
         raise SystemExit("strength scales a LoRA or memory_layer memory (profiles: LoRA only)")
     for key in scales:
-        profile_factor(key, "x.layers.0.mlp.up_proj", 1)  # a bad profile fails before learning
-        profile_rank(key)
+        check_profile(key)  # a bad profile fails before learning
     progress = not args.no_progress
     documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(DEFAULT_BASE)
@@ -206,6 +205,12 @@ def _kept(workspace, name: str, config):
     if made_by != strategy_versions(config.synth):
         return None
     return version if learned_with(config, version.manifest["config"]) else None
+
+
+def check_profile(profile: str) -> None:
+    """Exit with the reason when `profile` (a number or profile entries) is not one strength.py can apply."""
+    profile_factor(profile, "x.layers.0.mlp.up_proj", 1)
+    profile_rank(profile)
 
 
 def profile_rank(profile: str) -> tuple[int | None, int] | None:
