@@ -75,3 +75,75 @@ def test_training_stops_when_the_held_out_loss_stops_improving_and_keeps_the_bes
         assert not all(torch.equal(final[n], measured[3][n]) for n in final)
     finally:
         METHODS["lora"].detach(model)
+
+
+def _trainable(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _train_rows(base, config, run_dir, **kwargs):
+    """Train a fresh LoRA (seeded start) on the QA rows; returns the kept weights and the TrainResult."""
+    rows = sft_rows(base.tokenizer, [e for e in EXAMPLES if e.prompt], 64, base.newline_id)
+    torch.manual_seed(0)
+    model = METHODS["lora"].attach(base.model, config)
+    try:
+        result = train(model, base.tokenizer, rows, len(rows), config, run_dir, progress=False, **kwargs)
+        return _trainable(model), result
+    finally:
+        METHODS["lora"].detach(model)
+
+
+def test_tail_averaging_keeps_the_mean_of_the_last_steps_weights(base, tmp_path, monkeypatch):
+    config = TrainConfig(epochs=8, lr=1e-3, batch_tokens=128, max_seq_len=64, checkpoint_every=1,
+                         replay_fraction=0.0)
+    after_each_step: list[dict] = []
+    losses = iter(range(1000, 0, -1))  # always better: the measured run keeps its last step, as a plain run does
+
+    def record(model_, rows_, pad, batch_tokens):
+        after_each_step.append(_trainable(model_))
+        return next(losses)
+
+    monkeypatch.setattr("inweights.train.validation_loss", record)
+    last, plain = _train_rows(base, config, tmp_path / "plain", validation=[(0, 0)])
+    monkeypatch.undo()
+    steps = plain.steps
+    assert steps >= 8 and len(after_each_step) == steps
+    assert all(torch.equal(last[n], after_each_step[-1][n]) for n in last)
+
+    averaged, result = _train_rows(base, TrainConfig(**{**vars(config), "average_last": 0.5}), tmp_path / "avg")
+    tail = after_each_step[steps - round(0.5 * steps):]
+    assert result.averaged_steps == len(tail) and result.losses == plain.losses  # the same path, another point
+    for name, value in averaged.items():
+        expected = torch.stack([w[name] for w in tail]).mean(0)
+        assert torch.allclose(value, expected, atol=1e-6), name
+    assert not all(torch.allclose(averaged[n], last[n], atol=1e-6) for n in last)
+
+
+def test_an_interrupted_averaging_run_resumes_to_the_same_mean(base, tmp_path, monkeypatch):
+    import inweights.train as train_module
+
+    config = TrainConfig(epochs=8, lr=1e-3, batch_tokens=128, max_seq_len=64, checkpoint_every=2,
+                         replay_fraction=0.0, average_last=0.6)
+    straight, result = _train_rows(base, config, tmp_path / "straight")
+    average_from = result.steps - round(0.6 * result.steps)
+    real_save = train_module._save_checkpoint
+
+    def save_then_die(directory, params, optimizer, step, *args):
+        real_save(directory, params, optimizer, step, *args)
+        if step > average_from + 1:  # inside the averaged stretch, with two or more steps in the mean
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "_save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        _train_rows(base, config, tmp_path / "run")
+    monkeypatch.setattr(train_module, "_save_checkpoint", real_save)
+    resumed, again = _train_rows(base, config, tmp_path / "run")
+    assert again.resumed_from_step > average_from + 1
+    assert all(torch.allclose(straight[n], resumed[n], atol=1e-6) for n in straight)
+
+
+def test_tail_averaging_and_early_stopping_do_not_combine():
+    with pytest.raises(ValueError, match="average_last"):
+        TrainConfig(average_last=0.5, holdout=0.1)
+    with pytest.raises(ValueError, match="average_last"):
+        TrainConfig(average_last=1.0)

@@ -277,7 +277,8 @@ def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path
                         trainable_parameters=sum(r.trainable_parameters for r in results),
                         losses=[loss for r in results for loss in r.losses],
                         validation=[v for r in results for v in r.validation],
-                        stopped_early=any(r.stopped_early for r in results))
+                        stopped_early=any(r.stopped_early for r in results),
+                        averaged_steps=sum(r.averaged_steps for r in results))
     return model, total
 
 

@@ -190,6 +190,12 @@ class TrainConfig:
     exposures: int | None = None
     """Target number of times each fact is trained on, over all its wordings and epochs: when set (and epochs is
     not), epochs = exposures / the items per fact the strategies made (at most 30)."""
+    average_last: float = 0.0
+    """Tail averaging: the saved weights are the mean of the trainable weights after each of the run's last
+    `average_last` share of steps (0.5: the second half), not the last step's. Each factor is averaged on its
+    own, so for LoRA the saved update is mean(B) mean(A), which differs from the mean of the steps' updates B A
+    by how much the factors moved together over that stretch. Not with holdout (that keeps its best step's
+    weights). 0 turns it off."""
     rehearsal: float = 0.5
     """learn --update and forget: examples of unchanged chunks trained again per example of what changed (new
     chunks, changed and removed facts), a seeded sample spread over the chunks, so that the memory keeps what it
@@ -217,6 +223,8 @@ class TrainConfig:
             raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
         if not 0.0 <= self.holdout < 0.5 or self.patience < 1 or (self.exposures is not None and self.exposures < 1):
             raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
+        if not 0.0 <= self.average_last < 1.0 or (self.average_last and self.holdout):
+            raise ValueError("average_last must be in [0, 1), and 0 with holdout (which keeps its best step instead)")
         if self.replay_top_k < 0:
             raise ValueError("replay_top_k must be >= 0 (0: sample from the whole distribution)")
         if self.rehearsal < 0:

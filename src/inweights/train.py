@@ -47,6 +47,7 @@ class TrainResult:
     validation: list[tuple[int, float]] = field(default_factory=list)  # (step, loss on held-out wordings)
     best_step: int | None = None  # the step whose weights were kept, when a validation set was given
     stopped_early: bool = False
+    averaged_steps: int = 0  # with average_last: the last steps whose weights were averaged into the kept ones
 
 
 def tokenize_example(tokenizer, prompt: str, completion: str, max_len: int, end_id: int | None
@@ -250,7 +251,9 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
 
     With `validation` rows (held-out wordings of trained facts), their loss is measured every
     `config.checkpoint_every` steps; training stops once it has not improved for `config.patience` measurements,
-    and the weights of the best measurement are kept. (A resumed run starts the best-so-far afresh.)
+    and the weights of the best measurement are kept. (A resumed run starts the best-so-far afresh.) With
+    `config.average_last` f > 0 the weights kept are instead the mean over the last f of the steps (checkpoints
+    carry the running mean, so a resumed run averages the same steps).
 
     The first `n_examples` items are the examples that set the epoch size; any further items are extra
     hard-label rows mixed in like replay. Resumes from `run_dir/checkpoint` when it holds one for this run
@@ -297,7 +300,9 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     lr = config.peak_lr
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=config.weight_decay)
     checkpoint = run_dir / "checkpoint"
-    start = _load_checkpoint(checkpoint, params, optimizer, total)
+    average_from = total - round(config.average_last * total)
+    mean: dict[str, torch.Tensor] = {}  # the running mean of the weights after steps average_from.. (average_last)
+    start = _load_checkpoint(checkpoint, params, optimizer, total, average_from, mean)
     result = TrainResult(steps=total, tokens=0, loss_tokens=0, seconds=0.0, final_loss=float("nan"),
                          resumed_from_step=start, trainable_parameters=sum(p.numel() for p in params.values()))
     model.train()
@@ -340,6 +345,8 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
             scaler.step(optimizer)
             scaler.update()
         optimizer.zero_grad(set_to_none=True)
+        if step >= average_from:
+            _add_to_mean(mean, params, step + 1 - average_from)
         loss = distributed.sum_across(summed.item() * share) / max(scored, 1)
         result.tokens += sum(len(row[0]) for row in batch)
         result.loss_tokens += scored
@@ -347,7 +354,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         elapsed = time.perf_counter() - t0
         bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{result.tokens / max(elapsed, 1e-9):.0f}")
         if (step + 1) % config.checkpoint_every == 0 and step + 1 < total and (main or sharded):
-            _save_checkpoint(checkpoint, params, optimizer, step + 1, total)
+            _save_checkpoint(checkpoint, params, optimizer, step + 1, total, average_from, mean)
         if validation and ((step + 1) % config.checkpoint_every == 0 or step + 1 == total):
             held_out = validation_loss(model, validation, pad, config.batch_tokens)
             result.validation.append((step + 1, round(held_out, 4)))
@@ -363,6 +370,11 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         result.best_step = best[1]
         with torch.no_grad():
             for name, value in best[2].items():
+                params[name].copy_(value)
+    elif mean:
+        result.averaged_steps = total - average_from
+        with torch.no_grad():
+            for name, value in mean.items():
                 params[name].copy_(value)
     if sharded:
         distributed.gather_trainable(model)
@@ -415,9 +427,21 @@ def _lr_factor(step: int, total: int) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _save_checkpoint(directory: Path, params: dict, optimizer, step: int, total: int) -> None:
+def _add_to_mean(mean: dict[str, torch.Tensor], params: dict, count: int) -> None:
+    """Fold the weights into `mean`, the mean of `count` - 1 earlier weights (empty when count is 1)."""
+    with torch.no_grad():
+        for name, p in params.items():
+            if count == 1:
+                mean[name] = p.detach().clone()
+            else:
+                mean[name].add_(p.detach() - mean[name], alpha=1.0 / count)
+
+
+def _save_checkpoint(directory: Path, params: dict, optimizer, step: int, total: int, average_from: int,
+                     mean: dict[str, torch.Tensor]) -> None:
     """Write whole tensors (sharded ones are gathered first: then every process calls this, the main one writes)."""
     tensors = {f"param.{n}": distributed.full(p.detach()).contiguous() for n, p in params.items()}
+    tensors.update({f"mean.{n}": distributed.full(m).contiguous() for n, m in mean.items()})
     state = optimizer.state_dict()["state"]
     for index, name in enumerate(params):
         for key, value in state.get(index, {}).items():
@@ -431,23 +455,27 @@ def _save_checkpoint(directory: Path, params: dict, optimizer, step: int, total:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     save_file(tensors, tmp / "state.safetensors")
-    (tmp / "progress.json").write_text(json.dumps({"step": step, "total": total}))
+    (tmp / "progress.json").write_text(json.dumps({"step": step, "total": total, "average_from": average_from}))
     shutil.rmtree(directory, ignore_errors=True)
     os.replace(tmp, directory)
 
 
-def _load_checkpoint(directory: Path, params: dict, optimizer, total: int) -> int:
-    """Restore weights and optimizer state; returns the step to continue from (0 when nothing to resume)."""
+def _load_checkpoint(directory: Path, params: dict, optimizer, total: int, average_from: int,
+                     mean: dict[str, torch.Tensor]) -> int:
+    """Restore weights, optimizer state and the running mean of the weights (into `mean`, when the checkpoint has
+    one); returns the step to continue from (0 when nothing to resume)."""
     meta = directory / "progress.json"
     if not meta.is_file():
         return 0
     progress = json.loads(meta.read_text())
-    if progress["total"] != total:
+    if progress["total"] != total or progress.get("average_from", total) != average_from:
         return 0  # a checkpoint of a different plan: start over rather than resume into the wrong run
     tensors = load_file(directory / "state.safetensors")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(distributed.like(tensors[f"param.{name}"], p))
+            if f"mean.{name}" in tensors:
+                mean[name] = distributed.like(tensors[f"mean.{name}"], p).clone()
     state = {}
     for index, (name, p) in enumerate(params.items()):
         entry = {}
