@@ -67,6 +67,7 @@ KNOBS = {
     "sd": ("seed", int, "train", "seed", "the random seed (LoRA's start, the data's order, the guard's draws)"),
     "ss": ("seeds", int, "train", "seeds", "LoRA: memories of seeds seed, seed + 1, ... averaged into one"),
     "ms": ("slots", int, "train", "memory_slots", "memory-layer rows in all, trained or not"),
+    "wd": ("decay", float, "train", "weight_decay", "AdamW weight decay of the memory's parameters"),
     "ta": ("average", float, "train", "average_last", "tail averaging: the weights kept are the mean over this last "
                                                       "share of the steps"),
 }
@@ -106,6 +107,7 @@ class Point:
     seed: int | None = None  # TrainConfig.seed; None: its default
     seeds: int | None = None  # LoRA: seeds averaged into one memory (TrainConfig.seeds); None: its default
     slots: int | None = None  # memory_layer: rows in all (TrainConfig.memory_slots); None: its default
+    decay: float | None = None  # AdamW weight decay (TrainConfig.weight_decay); None: its default
     average: float | None = None  # the last share of steps averaged (TrainConfig.average_last); None: its default
 
     @property
