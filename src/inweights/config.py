@@ -127,7 +127,9 @@ class TrainConfig:
     lr: float | None = None
     """Peak learning rate (AdamW, linear warm-up then cosine decay); None: the method's own default (LoRA 5e-4)."""
     weight_decay: float = 0.0
-    """AdamW weight decay of the memory's parameters."""
+    """AdamW weight decay of the memory's parameters. For LoRA, 4 on the SQuAD passages gave an update of 76% of
+    the norm that was on the strength line on the tuning half and below it on the confirmation half
+    (docs/benchmarks.md), so `strength` is the better way to trade learning for forgetting."""
     epochs: int | None = None
     """Passes over the synthetic examples; None derives it from the corpus size."""
     max_steps: int | None = None
