@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -110,7 +112,7 @@ def test_tail_averaging_keeps_the_mean_of_the_last_steps_weights(base, tmp_path,
     assert steps >= 8 and len(after_each_step) == steps
     assert all(torch.equal(last[n], after_each_step[-1][n]) for n in last)
 
-    averaged, result = _train_rows(base, TrainConfig(**{**vars(config), "average_last": 0.5}), tmp_path / "avg")
+    averaged, result = _train_rows(base, replace(config, average_last=0.5), tmp_path / "avg")
     tail = after_each_step[steps - round(0.5 * steps):]
     assert result.averaged_steps == len(tail) and result.losses == plain.losses  # the same path, another point
     for name, value in averaged.items():

@@ -301,8 +301,8 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
     optimizer = torch.optim.AdamW(params.values(), lr=lr, weight_decay=config.weight_decay)
     checkpoint = run_dir / "checkpoint"
     average_from = total - round(config.average_last * total)
-    mean: dict[str, torch.Tensor] = {}  # the running mean of the weights after steps average_from.. (average_last)
-    start = _load_checkpoint(checkpoint, params, optimizer, total, average_from, mean)
+    # mean: the running mean of the weights after steps average_from, ... (empty until then, or without averaging)
+    start, mean = _load_checkpoint(checkpoint, params, optimizer, total, average_from)
     result = TrainResult(steps=total, tokens=0, loss_tokens=0, seconds=0.0, final_loss=float("nan"),
                          resumed_from_step=start, trainable_parameters=sum(p.numel() for p in params.values()))
     model.train()
@@ -368,14 +368,12 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
                     break
     if best is not None:
         result.best_step = best[1]
-        with torch.no_grad():
-            for name, value in best[2].items():
-                params[name].copy_(value)
     elif mean:
         result.averaged_steps = total - average_from
-        with torch.no_grad():
-            for name, value in mean.items():
-                params[name].copy_(value)
+    kept = best[2] if best is not None else mean  # none of either: the last step's weights, already in place
+    with torch.no_grad():
+        for name, value in kept.items():
+            params[name].copy_(value)
     if sharded:
         distributed.gather_trainable(model)
     model.eval()
@@ -460,16 +458,17 @@ def _save_checkpoint(directory: Path, params: dict, optimizer, step: int, total:
     os.replace(tmp, directory)
 
 
-def _load_checkpoint(directory: Path, params: dict, optimizer, total: int, average_from: int,
-                     mean: dict[str, torch.Tensor]) -> int:
-    """Restore weights, optimizer state and the running mean of the weights (into `mean`, when the checkpoint has
-    one); returns the step to continue from (0 when nothing to resume)."""
+def _load_checkpoint(directory: Path, params: dict, optimizer, total: int, average_from: int
+                     ) -> tuple[int, dict[str, torch.Tensor]]:
+    """Restore weights and optimizer state; returns the step to continue from (0 when nothing to resume) and the
+    running mean of the weights the checkpoint carries (empty when it has none)."""
+    mean: dict[str, torch.Tensor] = {}
     meta = directory / "progress.json"
     if not meta.is_file():
-        return 0
+        return 0, mean
     progress = json.loads(meta.read_text())
     if progress["total"] != total or progress.get("average_from", total) != average_from:
-        return 0  # a checkpoint of a different plan: start over rather than resume into the wrong run
+        return 0, mean  # a checkpoint of a different plan: start over rather than resume into the wrong run
     tensors = load_file(directory / "state.safetensors")
     with torch.no_grad():
         for name, p in params.items():
@@ -488,4 +487,4 @@ def _load_checkpoint(directory: Path, params: dict, optimizer, total: int, avera
     saved = optimizer.state_dict()
     saved["state"] = state
     optimizer.load_state_dict(saved)
-    return progress["step"]
+    return progress["step"], mean
