@@ -68,6 +68,7 @@ KNOBS = {
     "ss": ("seeds", int, "train", "seeds", "LoRA: memories of seeds seed, seed + 1, ... averaged into one"),
     "ms": ("slots", int, "train", "memory_slots", "memory-layer rows in all, trained or not"),
     "wd": ("decay", float, "train", "weight_decay", "AdamW weight decay of the memory's parameters"),
+    "dp": ("dropout", float, "train", "dropout", "LoRA dropout on the adapters' inputs while training"),
     "ta": ("average", float, "train", "average_last", "tail averaging: the weights kept are the mean over this last "
                                                       "share of the steps"),
 }
@@ -109,6 +110,7 @@ class Point:
     slots: int | None = None  # memory_layer: rows in all (TrainConfig.memory_slots); None: its default
     decay: float | None = None  # AdamW weight decay (TrainConfig.weight_decay); None: its default
     average: float | None = None  # the last share of steps averaged (TrainConfig.average_last); None: its default
+    dropout: float | None = None  # LoRA dropout (TrainConfig.dropout); None: its default
 
     @property
     def name(self) -> str:

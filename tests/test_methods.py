@@ -143,6 +143,32 @@ def test_lora_on_chosen_layers_only(base):
         TrainConfig(method="full", layers=(0,))
 
 
+def test_lora_dropout_acts_while_training_only(base, tmp_path):
+    model = METHODS["lora"].attach(base.model, TrainConfig(dropout=0.5))
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    try:
+        for module in model.modules():  # a nonzero update, so dropping its inputs changes the output
+            if hasattr(module, "lora_B"):
+                torch.nn.init.normal_(module.lora_B["default"].weight, std=0.5)
+        model.eval()
+        served = _logits(model, ids)
+        assert torch.equal(_logits(model, ids), served)
+        model.train()
+        torch.manual_seed(0)
+        assert not torch.allclose(_logits(model, ids), served)
+        model.eval()
+        METHODS["lora"].save(model, tmp_path)
+    finally:
+        METHODS["lora"].detach(model)
+    loaded = METHODS["lora"].load(base.model, tmp_path)
+    try:
+        assert torch.allclose(_logits(loaded, ids), served, atol=1e-5)
+    finally:
+        METHODS["lora"].detach(loaded)
+    with pytest.raises(ValueError, match="dropout"):
+        TrainConfig(method="memory_layer", dropout=0.1)
+
+
 def test_lora_truncate_keeps_each_updates_best_low_rank_approximation(base):
     from peft.tuners.lora import LoraLayer
 

@@ -107,6 +107,8 @@ class TrainConfig:
     """LoRA rank."""
     alpha: float = 32.0
     """LoRA scaling numerator (the update is scaled by alpha / rank)."""
+    dropout: float = 0.0
+    """LoRA: dropout on each adapter's input while training (PEFT's lora_dropout); the memory served has none."""
     target_modules: tuple[str, ...] = ()
     """Linear layers that get a LoRA (or TinyLoRA) update, as module-name suffixes (e.g. q_proj,v_proj); empty:
     found by architecture, every linear layer inside the decoder layers (attention and MLP, not the embedding or
@@ -245,6 +247,8 @@ class TrainConfig:
             raise ValueError("the anchor is measured on the guard's general text: it needs replay_fraction > 0")
         if self.seeds < 1 or (self.seeds > 1 and self.method != "lora"):
             raise ValueError("seeds must be >= 1, and above 1 for the lora method only")
+        if not 0.0 <= self.dropout < 1.0 or (self.dropout and self.method != "lora"):
+            raise ValueError("dropout must be in [0, 1), and 0 for methods other than lora")
         if self.rank < 1 or (self.lr is not None and self.lr <= 0) or self.batch_tokens < self.max_seq_len:
             raise ValueError("need rank >= 1, lr > 0 and batch_tokens >= max_seq_len")
 

@@ -23,7 +23,7 @@ class LoRA:
     def attach(self, model, config):
         if isinstance(model, PeftModel):
             raise ValueError("the model already carries a memory; attach to a plain base model")
-        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=0.0, bias="none",
+        lora = LoraConfig(r=config.rank, lora_alpha=config.alpha, lora_dropout=config.dropout, bias="none",
                           target_modules=target_modules(model, config), task_type="CAUSAL_LM",
                           layers_to_transform=list(config.layers) or None)
         return get_peft_model(model, lora)
