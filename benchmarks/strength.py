@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
 
-    from inweights.evaluate.conditions import answer_short, score
+    from inweights.evaluate.conditions import answer_logliks, answer_short, gold_summary, score
     from inweights.evaluate.general import GeneralLimits, compare, general_suite
     from inweights.evaluate.harness import mean_change_points
     from inweights.models import DEFAULT_BASE, load_base
@@ -97,13 +97,18 @@ def main(argv: list[str] | None = None) -> dict:
     def save() -> None:
         path.write_text(json.dumps(results, indent=1))
 
+    def gold(model, contexts=None) -> dict:
+        """The gold answers' likelihood (conditions.answer_logliks): per question and summed up."""
+        logliks = answer_logliks(model, base.tokenizer, questions, contexts or [None] * len(questions))
+        return gold_summary(logliks) | {"logliks": [[round(lp, 4), k] for lp, k in logliks]}
+
     def evaluate(model) -> dict:
         t = time.perf_counter()
         answers = answer_short(model, base.tokenizer, base.stop_token_ids, questions, [None] * len(questions))
         general = general_suite(model, base.tokenizer, args.data / "general", limits, base.stop_token_ids,
                                 progress=progress)
         return {"scores": score(questions, answers), "general": general, "eval_s": time.perf_counter() - t,
-                "predictions": answers[:20]}
+                "predictions": answers[:20], "gold": gold(model)}
 
     if "base" not in results:
         closed = evaluate(base.model)
@@ -111,11 +116,20 @@ def main(argv: list[str] | None = None) -> dict:
                                   [documents[q.doc] for q in questions])
         results["base"] = closed | {"in_context": score(questions, in_context)}
         save()
+    if "gold" not in results["base"]:  # results from before the gold answers were scored
+        results["base"]["gold"] = gold(base.model)
+        save()
+    if "in_context_gold" not in results["base"]:
+        results["base"]["in_context_gold"] = gold(base.model, [documents[q.doc] for q in questions])
+        save()
     em_closed = results["base"]["scores"]["em"]
     em_context = results["base"]["in_context"]["em"]
     results.setdefault("scales", {})
     todo = [s for s in scales if s not in results["scales"]]
-    if not todo:
+    # scales scored before the gold answers were, on a memory still kept: only their gold answers are scored
+    gold_todo = [s for s in scales if s in results["scales"] and "gold" not in results["scales"][s]] \
+        if args.keep else []
+    if not todo and not gold_todo:
         return _report(results, args.out)
     workspace = Workspace()
     name = memory_name(point, args.skip_passages, args.passages)
@@ -137,7 +151,13 @@ def main(argv: list[str] | None = None) -> dict:
             results["memory"] = version.ref
             save()
         averaged = [_kept_other(workspace, p, args.skip_passages, args.passages) for p in others]
+        same = kept is not None and results["memory"] == version.ref and \
+            results.get("averaged_with", []) == [v.ref for v in averaged]
         results["averaged_with"] = [v.ref for v in averaged]
+        for s in gold_todo if same else []:  # not when the rows scored another memory (or version) than this one
+            with scaled_memory(base, workspace, [version, *averaged], s, point.method) as model:
+                results["scales"][s]["gold"] = gold(model)
+            save()
         for s in todo:
             with scaled_memory(base, workspace, [version, *averaged], s, point.method) as model:
                 row = evaluate(model)
@@ -317,6 +337,14 @@ def _apply(model, profile: str, method: str) -> None:
                 module.scaling[adapter] *= f
 
 
+def _gold_cells(row: dict, base: dict) -> str:
+    """The p(gold) and its-gap cells of a row ('- | -' for a row scored before gold answers were)."""
+    if "gold" not in row or "in_context_gold" not in base:
+        return "- | -"
+    p, closed, context = (r["p_gold"] for r in (row["gold"], base["gold"], base["in_context_gold"]))
+    return f"{100 * p:.1f}% | {100 * plane.gap_recovered(p, closed, context):.0f}%"
+
+
 def _report(results: dict, out: Path) -> dict:
     s = results["settings"]
     b = results["base"]
@@ -330,9 +358,9 @@ def _report(results: dict, out: Path) -> dict:
                 f"The mean of {1 + len(s['average_with'])} memories kept by earlier runs")
              + ", scored with its update (LoRA: alpha; memory layer: value rows) scaled by s (a profile: "
              "strength.py's profile_factor and profile_rank).", "",
-             "| scale | EM | F1 | gap recovered | general (mean pts) | ARC-E | PIQA | BoolQ | TriviaQA | "
-             "WikiText-2 ppl |",
-             "|" + "---|" * 10]
+             "| scale | EM | F1 | gap recovered | p(gold) | its gap | general (mean pts) | ARC-E | PIQA | BoolQ | "
+             "TriviaQA | WikiText-2 ppl |",
+             "|" + "---|" * 12]
     def order(kv):
         try:
             return (0, -float(kv[0]))
@@ -344,8 +372,13 @@ def _report(results: dict, out: Path) -> dict:
         pts = [plane.task_cell(d, t, k) for t, k in (("arc_easy", "acc_points"), ("piqa", "acc_points"),
                                                      ("boolq", "acc_points"), ("triviaqa", "match_points"))]
         lines.append(f"| {key} | {100 * row['scores']['em']:.1f} | {100 * row['scores']['f1']:.1f} | "
-                     f"{100 * row['gap_recovered']:.0f}% | {row['general_mean_points']:+.1f} | " + " | ".join(pts)
-                     + f" | {row['wikitext_ppl_pct']:+.1f}% |")
+                     f"{100 * row['gap_recovered']:.0f}% | {_gold_cells(row, b)} | {row['general_mean_points']:+.1f} | "
+                     + " | ".join(pts) + f" | {row['wikitext_ppl_pct']:+.1f}% |")
+    if "gold" in b and "in_context_gold" in b:
+        lines += ["", f"p(gold): the mean probability of the likeliest gold answer after the closed-book prompt (base "
+                  f"{100 * b['gold']['p_gold']:.1f}%, in context {100 * b['in_context_gold']['p_gold']:.1f}%), a "
+                  "continuous score where EM counts only what greedy decoding reaches; its gap: the share of the "
+                  "closed-book -> in-context gap in p(gold) recovered."]
     if any("lost" in d for row in results["scales"].values() for d in row["general_deltas"].values()):
         lines += ["", "A task's change in points, with (-items lost/+items gained) against the base where both runs "
                   "marked their items."]

@@ -121,6 +121,26 @@ def test_option_logliks_match_direct_computation(tiny):
     assert len(lengths) >= 3  # options of different lengths, so batches are padded
 
 
+def test_answer_logliks_take_the_likeliest_gold_answer_after_the_answer_prompt(tiny):
+    from inweights.evaluate.conditions import answer_logliks, gold_summary
+    from inweights.evaluate.questions import ShortAnswer
+    from inweights.prompt import qa_prompt, render
+
+    questions = [ShortAnswer("When did the office open?", ["March 2019", "2019", " 2019 "], "a"),
+                 ShortAnswer("Who founded it?", ["Ingrid Solberg"], "a")]
+    contexts = [None, "Ingrid Solberg founded the office."]
+    got = answer_logliks(tiny.model, tiny.tokenizer, questions, contexts)
+    for q, c, (total, n) in zip(questions, contexts, got):
+        prompt = render(tiny.tokenizer, qa_prompt(q.question, c))
+        want = max((_direct_loglik(tiny.model, tiny.tokenizer, prompt, a.strip()) for a in q.answers),
+                   key=lambda s: s[0])
+        assert n == want[1] and total == pytest.approx(want[0], abs=1e-4)
+    summary = gold_summary([(math.log(0.5), 2), (math.log(0.1), 1)])
+    assert summary["p_gold"] == pytest.approx(0.3)
+    assert summary["nll_per_token"] == pytest.approx((math.log(2) / 2 + math.log(10)) / 2)
+    assert summary["n"] == 2
+
+
 def test_option_logliks_shared_prefix_equals_plain_scoring(tiny, monkeypatch):
     """A story asked several questions: the shared-prefix path (one prefill, cache copied per batch) gives the
     plain path's numbers. The story is longer than the tiny model's 64-token sliding window, so the earliest

@@ -7,6 +7,7 @@ log-likelihood after "Answer:".
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from typing import Sequence
@@ -66,6 +67,24 @@ def answer_mc(model, tokenizer, questions: Sequence[MultipleChoice], contexts: S
     prompts = [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
     logliks = option_logliks(model, tokenizer, prompts, [q.options for q in questions], batch_size=batch_size)
     return [choose(scores) for scores in logliks]
+
+
+def answer_logliks(model, tokenizer, questions: Sequence[ShortAnswer], contexts: Sequence[str | None],
+                   batch_size: int = 8) -> list[tuple[float, int]]:
+    """Per question, (log p, tokens) of its likeliest gold answer (or alias) after the answer prompt: how close
+    the model is to saying the answer, a continuous score where exact match counts only what greedy decoding
+    reaches. Answers are scored as `answer_short` would write them, after the prompt and a space."""
+    prompts = [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
+    golds = [list(dict.fromkeys(a.strip() for a in q.answers if a.strip())) for q in questions]
+    logliks = option_logliks(model, tokenizer, prompts, golds, batch_size=batch_size)
+    return [max(scores, key=lambda s: s[0]) for scores in logliks]
+
+
+def gold_summary(logliks: Sequence[tuple[float, int]]) -> dict:
+    """Mean probability of the gold answer (a soft exact match, in [0, 1]) and mean NLL per answer token (nats)."""
+    n = max(len(logliks), 1)
+    return {"p_gold": sum(math.exp(lp) for lp, _ in logliks) / n,
+            "nll_per_token": sum(-lp / max(k, 1) for lp, k in logliks) / n, "n": len(logliks)}
 
 
 def score_by_form(questions: Sequence[Question], predictions: Sequence) -> dict:
