@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -217,3 +218,31 @@ def test_a_profile_rank_entry_truncates_and_is_no_factor():
     for bad in ("rank=0", "rank=x", "drop=-1", "drop=4,rank=4"):
         with pytest.raises(SystemExit, match="rank=K|drop=J"):
             strength.profile_rank(bad)
+
+
+def _strength_results(folder: Path, point: str, rows: dict, gold: bool = True) -> None:
+    """A strength.json with base p(gold) 0.1 closed-book and 0.5 in context; rows: scale -> (ppl %, EM gap,
+    p(gold))."""
+    base = {"gold": {"p_gold": 0.1}, "in_context_gold": {"p_gold": 0.5}} if gold else {}
+    scales = {s: {"wikitext_ppl_pct": ppl, "gap_recovered": em, "gold": {"p_gold": p}}
+              for s, (ppl, em, p) in rows.items()}
+    folder.mkdir()
+    (folder / "strength.json").write_text(json.dumps({"settings": {"point": point}, "base": base, "scales": scales}))
+
+
+def test_strength_lines_compares_rows_with_the_line_at_the_same_perplexity(tmp_path):
+    lines = _benchmark("strength_lines")
+    _strength_results(tmp_path / "plain", "p", {"1": (10.0, 0.6, 0.3), "0.5": (4.0, 0.3, 0.2)})
+    _strength_results(tmp_path / "edit", "q", {"1": (6.0, 0.5, 0.3), "0.5": (2.0, 0.1, 0.12)})
+    _, plain = lines.load_rows(tmp_path / "plain")
+    assert [r["scale"] for r in plain] == ["0.5", "1"]  # ordered by perplexity
+    assert plain[1]["gold_gap"] == pytest.approx(50.0)  # (0.3 - 0.1) / (0.5 - 0.1)
+    assert lines.at_ppl(plain, 6.0, "em_gap") == pytest.approx(40.0)  # a third of the way from 30% to 60%
+    assert lines.at_ppl(plain, 6.0, "gold_gap") == pytest.approx(25 + 25 / 3)
+    assert lines.at_ppl(plain, 2.0, "em_gap") is None  # below the line's range: no reference
+    text = lines.report(tmp_path / "plain", [tmp_path / "edit"], [5.0])
+    assert "| edit | 1 | +6.0% | 50% | 40% | +10 | 50% | 33% | +17 |" in text
+    assert "| edit | 0.5 | +2.0% | 10% | - | - |" in text
+    assert "| edit | q | 40% / 39% |" in text  # its own line at +5%: 3/4 of the way from 10% to 50%, 5% to 50%
+    _strength_results(tmp_path / "old", "o", {"1": (5.0, 0.2, 0.2)}, gold=False)
+    assert lines.load_rows(tmp_path / "old")[1][0]["gold_gap"] is None  # scored before p(gold) existed

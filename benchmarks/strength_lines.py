@@ -1,0 +1,114 @@
+"""Memories against a strength line: each row of strength.py's results compared with a reference memory's rows
+at the same WikiText-2 perplexity, in two scores of learning: the exact-match gap recovered and the gold answers'
+probability gap recovered (p(gold), a continuous score; strength.py).
+
+Scaling one memory down traces a line of learning against forgetting; an edit (another setting, averaging,
+a profile) is worth something only where it lands above that line. Each row's reference value is interpolated
+linearly in perplexity between the two nearest plain scales of the reference memory (rows outside its range
+have none). The second table reads every memory's own plain scales at fixed perplexities, which shows how far
+apart memories of the same setting (seeds) land on each score.
+
+Run as (from the repository root, on results strength.py wrote):
+    python benchmarks/strength_lines.py --line strength_tune24_wt16k \\
+        --rows strength_sd1_tune24_wt16k,strength_sd2_tune24_wt16k,strength_dp01_tune24_wt16k --at 5,7.5
+Prints a Markdown report; --out also writes it to a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def load_rows(folder: Path) -> tuple[str, list[dict]]:
+    """(a label, one dict per scored scale: scale, ppl %, EM gap and p(gold) gap in % or None) from a
+    strength.json; its rows in the order of their perplexity."""
+    data = json.loads((folder / "strength.json").read_text())
+    base = data["base"]
+    settings = data["settings"]
+    label = settings["point"] + "".join(f" + {p}" for p in settings.get("average_with", []))
+    rows = []
+    for scale, row in data["scales"].items():
+        gold = None
+        if "gold" in row and "gold" in base and "in_context_gold" in base:
+            closed, context = base["gold"]["p_gold"], base["in_context_gold"]["p_gold"]
+            gold = 100 * (row["gold"]["p_gold"] - closed) / (context - closed)
+        rows.append({"scale": scale, "plain": _is_number(scale), "ppl": row["wikitext_ppl_pct"],
+                     "em_gap": 100 * row["gap_recovered"], "gold_gap": gold})
+    return label, sorted(rows, key=lambda r: r["ppl"])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def at_ppl(rows: list[dict], ppl: float, key: str) -> float | None:
+    """`key` of the plain rows interpolated linearly at perplexity `ppl`; None outside their range or where a
+    row lacks it."""
+    points = [(r["ppl"], r[key]) for r in rows if r["plain"]]
+    for (p0, v0), (p1, v1) in zip(points, points[1:]):
+        if p0 <= ppl <= p1:
+            if v0 is None or v1 is None:
+                return None
+            return v0 if p1 == p0 else v0 + (v1 - v0) * (ppl - p0) / (p1 - p0)
+    return None
+
+
+def report(line: Path, others: list[Path], at: list[float]) -> str:
+    line_label, line_rows = load_rows(line)
+    out = [f"# Against the strength line of {line.name} ({line_label})", "",
+           "Gaps in % of the closed-book -> in-context gap; `line` is the reference memory's plain scales "
+           "interpolated at the row's perplexity, `diff` the row minus the line.", "",
+           "| results | scale | WikiText-2 ppl | EM gap | line | diff | p(gold) gap | line | diff |",
+           "|" + "---|" * 9]
+    for folder in [line, *others]:
+        _, rows = load_rows(folder)
+        for r in rows:
+            cells = []
+            for key in ("em_gap", "gold_gap"):
+                ref = at_ppl(line_rows, r["ppl"], key)
+                value = r[key]
+                cells += [_cell(value), _cell(ref),
+                          _cell(value - ref, signed=True) if value is not None and ref is not None else "-"]
+            out.append(f"| {folder.name} | {r['scale']} | {r['ppl']:+.1f}% | " + " | ".join(cells) + " |")
+    out += ["", "Each memory's own plain scales, read at fixed perplexities (EM gap / p(gold) gap):", "",
+            "| results | memory | " + " | ".join(f"at +{p:g}%" for p in at) + " |", "|" + "---|" * (2 + len(at))]
+    for folder in [line, *others]:
+        label, rows = load_rows(folder)
+        cells = [f"{_cell(at_ppl(rows, p, 'em_gap'))} / {_cell(at_ppl(rows, p, 'gold_gap'))}" for p in at]
+        out.append(f"| {folder.name} | {label} | " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
+def _cell(value: float | None, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.0f}" if signed else f"{value:.0f}%"
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--line", required=True, help="the reference memory's results folder (under --results)")
+    parser.add_argument("--rows", default="", help="comma-separated results folders compared with it")
+    parser.add_argument("--at", default="5,7.5", help="comma-separated perplexity changes (%%) to read lines at")
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = parser.parse_args(argv)
+    others = [args.results / name for name in args.rows.split(",") if name]
+    text = report(args.results / args.line, others, [float(p) for p in args.at.split(",") if p])
+    print(text, end="")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return text
+
+
+if __name__ == "__main__":
+    main()
