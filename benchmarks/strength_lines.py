@@ -1,6 +1,6 @@
 """Memories against a strength line: each row of strength.py's results compared with a reference memory's rows
 at the same WikiText-2 perplexity, in two scores of learning: the exact-match gap recovered and the gold answers'
-probability gap recovered (p(gold), a continuous score; strength.py).
+mean probability (p(gold), a continuous score; strength.py).
 
 Scaling one memory down traces a line of learning against forgetting; an edit (another setting, averaging,
 a profile) is worth something only where it lands above that line. Each row's reference value is interpolated
@@ -24,7 +24,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def load_rows(folder: Path) -> tuple[str, list[dict]]:
-    """(a label, one dict per scored scale: scale, ppl %, EM gap and p(gold) gap in % or None) from a
+    """(a label, one dict per scored scale: scale, ppl %, EM gap in %, p(gold) in % or None) from a
     strength.json; its rows in the order of their perplexity."""
     data = json.loads((folder / "strength.json").read_text())
     base = data["base"]
@@ -32,12 +32,9 @@ def load_rows(folder: Path) -> tuple[str, list[dict]]:
     label = settings["point"] + "".join(f" + {p}" for p in settings.get("average_with", []))
     rows = []
     for scale, row in data["scales"].items():
-        gold = None
-        if "gold" in row and "gold" in base and "in_context_gold" in base:
-            closed, context = base["gold"]["p_gold"], base["in_context_gold"]["p_gold"]
-            gold = 100 * (row["gold"]["p_gold"] - closed) / (context - closed)
         rows.append({"scale": scale, "plain": _is_number(scale), "ppl": row["wikitext_ppl_pct"],
-                     "em_gap": 100 * row["gap_recovered"], "gold_gap": gold})
+                     "em_gap": 100 * row["gap_recovered"],
+                     "gold": 100 * row["gold"]["p_gold"] if "gold" in row else None})
     return label, sorted(rows, key=lambda r: r["ppl"])
 
 
@@ -64,33 +61,34 @@ def at_ppl(rows: list[dict], ppl: float, key: str) -> float | None:
 def report(line: Path, others: list[Path], at: list[float]) -> str:
     line_label, line_rows = load_rows(line)
     out = [f"# Against the strength line of {line.name} ({line_label})", "",
-           "Gaps in % of the closed-book -> in-context gap; `line` is the reference memory's plain scales "
-           "interpolated at the row's perplexity, `diff` the row minus the line.", "",
-           "| results | scale | WikiText-2 ppl | EM gap | line | diff | p(gold) gap | line | diff |",
+           "EM gap in % of the closed-book -> in-context gap, p(gold) in %; `line` is the reference memory's plain "
+           "scales interpolated at the row's perplexity, `diff` the row minus the line (points).", "",
+           "| results | scale | WikiText-2 ppl | EM gap | line | diff | p(gold) | line | diff |",
            "|" + "---|" * 9]
     for folder in [line, *others]:
         _, rows = load_rows(folder)
         for r in rows:
             cells = []
-            for key in ("em_gap", "gold_gap"):
+            for key in ("em_gap", "gold"):
                 ref = at_ppl(line_rows, r["ppl"], key)
                 value = r[key]
-                cells += [_cell(value), _cell(ref),
-                          _cell(value - ref, signed=True) if value is not None and ref is not None else "-"]
+                digits = 1 if key == "gold" else 0
+                cells += [_cell(value, digits=digits), _cell(ref, digits=digits),
+                          _cell(value - ref, True, digits) if value is not None and ref is not None else "-"]
             out.append(f"| {folder.name} | {r['scale']} | {r['ppl']:+.1f}% | " + " | ".join(cells) + " |")
-    out += ["", "Each memory's own plain scales, read at fixed perplexities (EM gap / p(gold) gap):", "",
+    out += ["", "Each memory's own plain scales, read at fixed perplexities (EM gap / p(gold)):", "",
             "| results | memory | " + " | ".join(f"at +{p:g}%" for p in at) + " |", "|" + "---|" * (2 + len(at))]
     for folder in [line, *others]:
         label, rows = load_rows(folder)
-        cells = [f"{_cell(at_ppl(rows, p, 'em_gap'))} / {_cell(at_ppl(rows, p, 'gold_gap'))}" for p in at]
+        cells = [f"{_cell(at_ppl(rows, p, 'em_gap'))} / {_cell(at_ppl(rows, p, 'gold'), digits=1)}" for p in at]
         out.append(f"| {folder.name} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
 
 
-def _cell(value: float | None, signed: bool = False) -> str:
+def _cell(value: float | None, signed: bool = False, digits: int = 0) -> str:
     if value is None:
         return "-"
-    return f"{value:+.0f}" if signed else f"{value:.0f}%"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}%"
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -221,13 +221,11 @@ def test_a_profile_rank_entry_truncates_and_is_no_factor():
 
 
 def _strength_results(folder: Path, point: str, rows: dict, gold: bool = True) -> None:
-    """A strength.json with base p(gold) 0.1 closed-book and 0.5 in context; rows: scale -> (ppl %, EM gap,
-    p(gold))."""
-    base = {"gold": {"p_gold": 0.1}, "in_context_gold": {"p_gold": 0.5}} if gold else {}
-    scales = {s: {"wikitext_ppl_pct": ppl, "gap_recovered": em, "gold": {"p_gold": p}}
+    """A strength.json; rows: scale -> (ppl %, EM gap, p(gold)), without p(gold) where `gold` is False."""
+    scales = {s: {"wikitext_ppl_pct": ppl, "gap_recovered": em} | ({"gold": {"p_gold": p}} if gold else {})
               for s, (ppl, em, p) in rows.items()}
     folder.mkdir()
-    (folder / "strength.json").write_text(json.dumps({"settings": {"point": point}, "base": base, "scales": scales}))
+    (folder / "strength.json").write_text(json.dumps({"settings": {"point": point}, "base": {}, "scales": scales}))
 
 
 def test_strength_lines_compares_rows_with_the_line_at_the_same_perplexity(tmp_path):
@@ -236,13 +234,13 @@ def test_strength_lines_compares_rows_with_the_line_at_the_same_perplexity(tmp_p
     _strength_results(tmp_path / "edit", "q", {"1": (6.0, 0.5, 0.3), "0.5": (2.0, 0.1, 0.12)})
     _, plain = lines.load_rows(tmp_path / "plain")
     assert [r["scale"] for r in plain] == ["0.5", "1"]  # ordered by perplexity
-    assert plain[1]["gold_gap"] == pytest.approx(50.0)  # (0.3 - 0.1) / (0.5 - 0.1)
+    assert plain[1]["gold"] == pytest.approx(30.0)
     assert lines.at_ppl(plain, 6.0, "em_gap") == pytest.approx(40.0)  # a third of the way from 30% to 60%
-    assert lines.at_ppl(plain, 6.0, "gold_gap") == pytest.approx(25 + 25 / 3)
+    assert lines.at_ppl(plain, 6.0, "gold") == pytest.approx(20 + 10 / 3)
     assert lines.at_ppl(plain, 2.0, "em_gap") is None  # below the line's range: no reference
     text = lines.report(tmp_path / "plain", [tmp_path / "edit"], [5.0])
-    assert "| edit | 1 | +6.0% | 50% | 40% | +10 | 50% | 33% | +17 |" in text
+    assert "| edit | 1 | +6.0% | 50% | 40% | +10 | 30.0% | 23.3% | +6.7 |" in text
     assert "| edit | 0.5 | +2.0% | 10% | - | - |" in text
-    assert "| edit | q | 40% / 39% |" in text  # its own line at +5%: 3/4 of the way from 10% to 50%, 5% to 50%
+    assert "| edit | q | 40% / 25.5% |" in text  # its own line at +5%: 3/4 of the way from 10% to 50%, 12% to 30%
     _strength_results(tmp_path / "old", "o", {"1": (5.0, 0.2, 0.2)}, gold=False)
-    assert lines.load_rows(tmp_path / "old")[1][0]["gold_gap"] is None  # scored before p(gold) existed
+    assert lines.load_rows(tmp_path / "old")[1][0]["gold"] is None  # scored before p(gold) existed
