@@ -5,12 +5,13 @@ mean probability (p(gold), a continuous score; strength.py).
 Scaling one memory down traces a line of learning against forgetting; an edit (another setting, averaging,
 a profile) is worth something only where it lands above that line. Each row's reference value is interpolated
 linearly in perplexity between the two nearest plain scales of the reference memory (rows outside its range
-have none). The second table reads every memory's own plain scales at fixed perplexities, which shows how far
+have none); with several reference memories (seeds of one setting), the mean of their lines where all are
+defined, so each seed's own distance from it shows the spread between seeds. The second table reads every memory's own plain scales at fixed perplexities, which shows how far
 apart memories of the same setting (seeds) land on each score.
 
 Run as (from the repository root, on results strength.py wrote):
-    python benchmarks/strength_lines.py --line strength_tune24_wt16k \\
-        --rows strength_sd1_tune24_wt16k,strength_sd2_tune24_wt16k,strength_dp01_tune24_wt16k --at 5,7.5
+    python benchmarks/strength_lines.py --line strength_tune24_wt16k,strength_sd1_tune24_wt16k,\\
+strength_sd2_tune24_wt16k --rows strength_mean3_tune24_wt16k,strength_dp01_tune24_wt16k --at 6,7.5
 Prints a Markdown report; --out also writes it to a file.
 """
 
@@ -58,19 +59,27 @@ def at_ppl(rows: list[dict], ppl: float, key: str) -> float | None:
     return None
 
 
-def report(line: Path, others: list[Path], at: list[float]) -> str:
-    line_label, line_rows = load_rows(line)
-    out = [f"# Against the strength line of {line.name} ({line_label})", "",
+def mean_at_ppl(lines: list[list[dict]], ppl: float, key: str) -> float | None:
+    """The mean of several memories' `at_ppl`, or None where one of them has no value."""
+    values = [at_ppl(rows, ppl, key) for rows in lines]
+    return None if any(v is None for v in values) else sum(values) / len(values)
+
+
+def report(line: list[Path], others: list[Path], at: list[float]) -> str:
+    line_rows = [load_rows(folder)[1] for folder in line]
+    names = ", ".join(f"{folder.name} ({load_rows(folder)[0]})" for folder in line)
+    out = [f"# Against the strength line of {names}" if len(line) == 1 else
+           f"# Against the mean strength line of {names}", "",
            "EM gap in % of the closed-book -> in-context gap, p(gold) in %; `line` is the reference memory's plain "
            "scales interpolated at the row's perplexity, `diff` the row minus the line (points).", "",
            "| results | scale | WikiText-2 ppl | EM gap | line | diff | p(gold) | line | diff |",
            "|" + "---|" * 9]
-    for folder in [line, *others]:
+    for folder in [*line, *others]:
         _, rows = load_rows(folder)
         for r in rows:
             cells = []
             for key in ("em_gap", "gold"):
-                ref = at_ppl(line_rows, r["ppl"], key)
+                ref = mean_at_ppl(line_rows, r["ppl"], key)
                 value = r[key]
                 digits = 1 if key == "gold" else 0
                 cells += [_cell(value, digits=digits), _cell(ref, digits=digits),
@@ -78,7 +87,7 @@ def report(line: Path, others: list[Path], at: list[float]) -> str:
             out.append(f"| {folder.name} | {r['scale']} | {r['ppl']:+.1f}% | " + " | ".join(cells) + " |")
     out += ["", "Each memory's own plain scales, read at fixed perplexities (EM gap / p(gold)):", "",
             "| results | memory | " + " | ".join(f"at +{p:g}%" for p in at) + " |", "|" + "---|" * (2 + len(at))]
-    for folder in [line, *others]:
+    for folder in [*line, *others]:
         label, rows = load_rows(folder)
         cells = [f"{_cell(at_ppl(rows, p, 'em_gap'))} / {_cell(at_ppl(rows, p, 'gold'), digits=1)}" for p in at]
         out.append(f"| {folder.name} | {label} | " + " | ".join(cells) + " |")
@@ -93,14 +102,17 @@ def _cell(value: float | None, signed: bool = False, digits: int = 0) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--line", required=True, help="the reference memory's results folder (under --results)")
+    parser.add_argument("--line", required=True,
+                        help="the reference memory's results folder (under --results), or several, comma-separated, "
+                             "whose lines are averaged")
     parser.add_argument("--rows", default="", help="comma-separated results folders compared with it")
     parser.add_argument("--at", default="5,7.5", help="comma-separated perplexity changes (%%) to read lines at")
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--out", type=Path, default=None, help="also write the report here")
     args = parser.parse_args(argv)
     others = [args.results / name for name in args.rows.split(",") if name]
-    text = report(args.results / args.line, others, [float(p) for p in args.at.split(",") if p])
+    line = [args.results / name for name in args.line.split(",") if name]
+    text = report(line, others, [float(p) for p in args.at.split(",") if p])
     print(text, end="")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -238,9 +238,13 @@ def test_strength_lines_compares_rows_with_the_line_at_the_same_perplexity(tmp_p
     assert lines.at_ppl(plain, 6.0, "em_gap") == pytest.approx(40.0)  # a third of the way from 30% to 60%
     assert lines.at_ppl(plain, 6.0, "gold") == pytest.approx(20 + 10 / 3)
     assert lines.at_ppl(plain, 2.0, "em_gap") is None  # below the line's range: no reference
-    text = lines.report(tmp_path / "plain", [tmp_path / "edit"], [5.0])
+    text = lines.report([tmp_path / "plain"], [tmp_path / "edit"], [5.0])
     assert "| edit | 1 | +6.0% | 50% | 40% | +10 | 30.0% | 23.3% | +6.7 |" in text
     assert "| edit | 0.5 | +2.0% | 10% | - | - |" in text
     assert "| edit | q | 40% / 25.5% |" in text  # its own line at +5%: 3/4 of the way from 10% to 50%, 12% to 30%
+    mean = lines.report([tmp_path / "plain", tmp_path / "edit"], [], [5.0])  # two lines, averaged where both are
+    assert "| edit | 1 | +6.0% | 50% | 45% | +5 | 30.0% | 26.7% | +3.3 |" in mean
+    assert "| plain | 0.5 | +4.0% | 30% | 30% | +0 | 20.0% | 20.5% | -0.5 |" in mean  # edit's line: 30%, 21%
+    assert "| edit | 0.5 | +2.0% | 10% | - | - |" in mean  # below the plain line's range
     _strength_results(tmp_path / "old", "o", {"1": (5.0, 0.2, 0.2)}, gold=False)
     assert lines.load_rows(tmp_path / "old")[1][0]["gold"] is None  # scored before p(gold) existed
