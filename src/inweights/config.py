@@ -108,7 +108,8 @@ class TrainConfig:
     alpha: float = 32.0
     """LoRA scaling numerator (the update is scaled by alpha / rank)."""
     dropout: float = 0.0
-    """LoRA: dropout on each adapter's input while training (PEFT's lora_dropout); the memory served has none."""
+    """LoRA: dropout on each adapter's input while training (PEFT's lora_dropout); the memory served has none.
+    0.1 on the SQuAD tuning passages stayed on (or below) the line `strength` gives (docs/benchmarks.md)."""
     target_modules: tuple[str, ...] = ()
     """Linear layers that get a LoRA (or TinyLoRA) update, as module-name suffixes (e.g. q_proj,v_proj); empty:
     found by architecture, every linear layer inside the decoder layers (attention and MLP, not the embedding or
