@@ -248,3 +248,24 @@ def test_strength_lines_compares_rows_with_the_line_at_the_same_perplexity(tmp_p
     assert "| edit | 0.5 | +2.0% | 10% | - | - |" in mean  # below the plain line's range
     _strength_results(tmp_path / "old", "o", {"1": (5.0, 0.2, 0.2)}, gold=False)
     assert lines.load_rows(tmp_path / "old")[1][0]["gold"] is None  # scored before p(gold) existed
+
+
+def test_update_cosine_compares_the_products_of_the_factors(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    cosine = _benchmark("update_cosine")
+    torch.manual_seed(0)
+    a, b = torch.randn(4, 12), torch.randn(10, 4)
+    a2, b2 = torch.randn(4, 12), torch.randn(10, 4)
+    assert cosine.update_inner(a, b, a2, b2) == pytest.approx(float(((b @ a) * (b2 @ a2)).sum()), rel=1e-5)
+    prefix = "base_model.model.model.layers.0.mlp.up_proj"
+    for name, (fa, fb) in {"one": (a, b), "scaled": (2 * a, 3 * b), "other": (a2, b2),
+                           "opposite": (a, -b)}.items():
+        (tmp_path / name).mkdir()
+        save_file({f"{prefix}.lora_A.weight": fa, f"{prefix}.lora_B.weight": fb},
+                  str(tmp_path / name / "adapter_model.safetensors"))
+    assert cosine.cosines(tmp_path / "one", tmp_path / "scaled")[prefix] == pytest.approx(1.0)
+    assert cosine.cosines(tmp_path / "one", tmp_path / "opposite")[prefix] == pytest.approx(-1.0)
+    want = float(((b @ a) * (b2 @ a2)).sum() / ((b @ a).norm() * (b2 @ a2).norm()))
+    assert cosine.cosines(tmp_path / "one", tmp_path / "other")[prefix] == pytest.approx(want, rel=1e-5)
