@@ -6,8 +6,9 @@ Scaling one memory down traces a line of learning against forgetting; an edit (a
 a profile) is worth something only where it lands above that line. Each row's reference value is interpolated
 linearly in perplexity between the two nearest plain scales of the reference memory (rows outside its range
 have none); with several reference memories (seeds of one setting), the mean of their lines where all are
-defined, so each seed's own distance from it shows the spread between seeds. The second table reads every memory's own plain scales at fixed perplexities, which shows how far
-apart memories of the same setting (seeds) land on each score.
+defined, so each seed's own distance from it shows the spread between seeds. The second table reads every
+memory's own plain scales at fixed perplexities, which shows how far apart memories of the same setting (seeds)
+land on each score.
 
 Run as (from the repository root, on results strength.py wrote):
     python benchmarks/strength_lines.py --line strength_tune24_wt16k,strength_sd1_tune24_wt16k,\\
@@ -112,11 +113,15 @@ def main(argv: list[str] | None = None) -> str:
     args = parser.parse_args(argv)
     others = [args.results / name for name in args.rows.split(",") if name]
     line = [args.results / name for name in args.line.split(",") if name]
-    text = report(line, others, [float(p) for p in args.at.split(",") if p])
+    return show(report(line, others, [float(p) for p in args.at.split(",") if p]), args.out)
+
+
+def show(text: str, out: Path | None) -> str:
+    """Print a report, and write it to `out` too when one is given."""
     print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text)
     return text
 
 

@@ -14,11 +14,15 @@ The first memory is compared with each of the others; prints a Markdown table (-
 from __future__ import annotations
 
 import argparse
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from strength_lines import show  # noqa: E402  (print and write a report)
 
 
 def factors(directory: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -76,12 +80,7 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit("name at least two memories")
     from inweights.store import Workspace
 
-    text = report(Workspace(), args.memories)
-    print(text, end="")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
-    return text
+    return show(report(Workspace(), args.memories), args.out)
 
 
 if __name__ == "__main__":
