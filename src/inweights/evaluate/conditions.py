@@ -51,11 +51,16 @@ def fit_context(tokenizer, context: str, question: Question, window: int, max_ne
     return tokenizer.decode(ids[:budget], skip_special_tokens=True), len(ids) - budget
 
 
+def question_prompts(tokenizer, questions: Sequence[Question], contexts: Sequence[str | None]) -> list[str]:
+    """The prompt of every question after its context (None: closed book), as every condition asks it."""
+    return [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
+
+
 def answer_short(model, tokenizer, stop_ids: Sequence[int], questions: Sequence[ShortAnswer],
                  contexts: Sequence[str | None], max_new_tokens: int = MAX_NEW_TOKENS, batch_size: int = 8
                  ) -> list[str]:
     """Greedy answers, first line only."""
-    prompts = [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
+    prompts = question_prompts(tokenizer, questions, contexts)
     answers = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, stop_token_ids=stop_ids,
                        batch_size=batch_size)
     return [a.split("\n", 1)[0].strip() for a in answers]
@@ -64,7 +69,7 @@ def answer_short(model, tokenizer, stop_ids: Sequence[int], questions: Sequence[
 def answer_mc(model, tokenizer, questions: Sequence[MultipleChoice], contexts: Sequence[str | None],
               batch_size: int = 8) -> list[int]:
     """Index of the chosen option per question: highest total log-likelihood after the prompt."""
-    prompts = [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
+    prompts = question_prompts(tokenizer, questions, contexts)
     logliks = option_logliks(model, tokenizer, prompts, [q.options for q in questions], batch_size=batch_size)
     return [choose(scores) for scores in logliks]
 
@@ -74,7 +79,7 @@ def answer_logliks(model, tokenizer, questions: Sequence[ShortAnswer], contexts:
     """Per question, (log p, tokens) of its likeliest gold answer (or alias) after the answer prompt: how close
     the model is to saying the answer, a continuous score where exact match counts only what greedy decoding
     reaches. Answers are scored as `answer_short` would write them, after the prompt and a space."""
-    prompts = [render(tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
+    prompts = question_prompts(tokenizer, questions, contexts)
     golds = [list(dict.fromkeys(a.strip() for a in q.answers if a.strip())) for q in questions]
     logliks = option_logliks(model, tokenizer, prompts, golds, batch_size=batch_size)
     return [max(scores, key=lambda s: s[0]) for scores in logliks]

@@ -32,12 +32,11 @@ from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import load_corpus
 from inweights.errors import InweightsError
 from inweights.evaluate.conditions import answer_mc, answer_short, fit_context, measure_cost, model_window, \
-    prompt_for, score, score_by_form
+    question_prompts, score, score_by_form
 from inweights.evaluate.general import GeneralLimits, compare, general_suite
 from inweights.evaluate.questions import MultipleChoice, Question, load_questions
 from inweights.evaluate.rag import EMBEDDER, RagIndex
 from inweights.models import Base, load_base
-from inweights.prompt import render
 from inweights.store import MemoryVersion, Workspace
 from inweights.synth import Example, assert_no_leak
 from inweights.train import tokenize_replay
@@ -252,7 +251,7 @@ def _run_condition(model, base: Base, questions, contexts, settings: EvalSetting
     else:
         predictions = answer_short(model, base.tokenizer, base.stop_token_ids, questions, contexts,
                                    settings.max_new_tokens, settings.batch_size)
-    prompts = [render(base.tokenizer, prompt_for(q.question, c)) for q, c in zip(questions, contexts)]
+    prompts = question_prompts(base.tokenizer, questions, contexts)
     cost = measure_cost(model, base.tokenizer, prompts, settings.cost_questions, settings.decode_tokens,
                         extra_seconds=retrieval_s)
     return {"scores": score(questions, predictions), "by_form": score_by_form(questions, predictions), "cost": cost,
