@@ -67,16 +67,16 @@ def mean_at_ppl(lines: list[list[dict]], ppl: float, key: str) -> float | None:
 
 
 def report(line: list[Path], others: list[Path], at: list[float]) -> str:
-    line_rows = [load_rows(folder)[1] for folder in line]
-    names = ", ".join(f"{folder.name} ({load_rows(folder)[0]})" for folder in line)
+    loaded = {folder: load_rows(folder) for folder in [*line, *others]}
+    line_rows = [loaded[folder][1] for folder in line]
+    names = ", ".join(f"{folder.name} ({loaded[folder][0]})" for folder in line)
     out = [f"# Against the strength line of {names}" if len(line) == 1 else
            f"# Against the mean strength line of {names}", "",
            "EM gap in % of the closed-book -> in-context gap, p(gold) in %; `line` is the reference memory's plain "
            "scales interpolated at the row's perplexity, `diff` the row minus the line (points).", "",
            "| results | scale | WikiText-2 ppl | EM gap | line | diff | p(gold) | line | diff |",
            "|" + "---|" * 9]
-    for folder in [*line, *others]:
-        _, rows = load_rows(folder)
+    for folder, (_, rows) in loaded.items():
         for r in rows:
             cells = []
             for key in ("em_gap", "gold"):
@@ -88,8 +88,7 @@ def report(line: list[Path], others: list[Path], at: list[float]) -> str:
             out.append(f"| {folder.name} | {r['scale']} | {r['ppl']:+.1f}% | " + " | ".join(cells) + " |")
     out += ["", "Each memory's own plain scales, read at fixed perplexities (EM gap / p(gold)):", "",
             "| results | memory | " + " | ".join(f"at +{p:g}%" for p in at) + " |", "|" + "---|" * (2 + len(at))]
-    for folder in [*line, *others]:
-        label, rows = load_rows(folder)
+    for folder, (label, rows) in loaded.items():
         cells = [f"{_cell(at_ppl(rows, p, 'em_gap'))} / {_cell(at_ppl(rows, p, 'gold'), digits=1)}" for p in at]
         out.append(f"| {folder.name} | {label} | " + " | ".join(cells) + " |")
     return "\n".join(out) + "\n"
