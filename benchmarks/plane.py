@@ -54,7 +54,8 @@ KNOBS = {
     "wf": ("warmup", float, "train", "warmup_fraction", "QA warm-up share of the sequences"),
     "ho": ("holdout", float, "train", "holdout", "share of facts with a wording held out for early stopping"),
     "ex": ("exposures", int, "train", "exposures", "target exposures per fact (sets the epochs)"),
-    "rk": ("rank", int, "train", "rank", "LoRA rank (alpha stays its default)"),
+    "rk": ("rank", int, "train", "rank", "LoRA rank (alpha stays its default unless al is given)"),
+    "al": ("alpha", float, "train", "alpha", "LoRA alpha (the update is scaled by alpha / rank)"),
     "ml": ("mlp", int, "train", "target_modules", "LoRA on the MLP projections only (1; default: every linear layer)"),
     "an": ("anchor", float, "train", "anchor", "the activation anchor's weight"),
     "ly": ("layers", int, "train", "layers", "LoRA on the first N decoder layers only"),
@@ -65,6 +66,7 @@ KNOBS = {
     "gk": ("guard_top_k", int, "train", "replay_top_k", "the guard's texts sampled from the top k tokens (0: all)"),
     "rt": ("replay_tokens", int, "train", "replay_tokens", "the guard's rows cut to their first N tokens"),
     "sd": ("seed", int, "train", "seed", "the random seed (LoRA's start, the data's order, the guard's draws)"),
+    "is": ("init_seed", int, "train", "init_seed", "the seed of the memory's start alone (default: sd)"),
     "ss": ("seeds", int, "train", "seeds", "LoRA: memories of seeds seed, seed + 1, ... averaged into one"),
     "ms": ("slots", int, "train", "memory_slots", "memory-layer rows in all, trained or not"),
     "wd": ("decay", float, "train", "weight_decay", "AdamW weight decay of the memory's parameters"),
@@ -97,6 +99,7 @@ class Point:
     holdout: float | None = None  # early stopping on held-out wordings (TrainConfig.holdout); None: its default
     exposures: int | None = None  # target exposures per fact (TrainConfig.exposures); None: its default
     rank: int | None = None  # LoRA rank (TrainConfig.rank); None: its default
+    alpha: float | None = None  # LoRA alpha (TrainConfig.alpha); None: its default
     mlp: int | None = None  # 1: LoRA on MLP_PROJECTIONS only (TrainConfig.target_modules); None: every linear layer
     anchor: float | None = None  # the activation anchor's weight (TrainConfig.anchor); None: its default
     layers: int | None = None  # LoRA on decoder layers 0..N-1 only (TrainConfig.layers); None: every layer
@@ -106,6 +109,7 @@ class Point:
     guard_top_k: int | None = None  # the guard's texts' sampling top-k (TrainConfig.replay_top_k); None: its default
     replay_tokens: int | None = None  # the guard's rows cut to N tokens (TrainConfig.replay_tokens); None: whole
     seed: int | None = None  # TrainConfig.seed; None: its default
+    init_seed: int | None = None  # the seed of the memory's start alone (TrainConfig.init_seed); None: seed
     seeds: int | None = None  # LoRA: seeds averaged into one memory (TrainConfig.seeds); None: its default
     slots: int | None = None  # memory_layer: rows in all (TrainConfig.memory_slots); None: its default
     decay: float | None = None  # AdamW weight decay (TrainConfig.weight_decay); None: its default

@@ -105,6 +105,32 @@ def test_same_seed_gives_the_same_memory(docs, tmp_path, monkeypatch, tiny_model
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
 
 
+def test_init_seed_sets_the_memorys_start_and_seed_the_datas_order(docs, tmp_path, monkeypatch, tiny_model_dir,
+                                                                    base):
+    import inweights.api as api
+    import inweights.train as train_module
+
+    seen = []
+    real_train, real_plan = api.train, train_module.run_plan
+
+    def record_start(model, *args, **kwargs):
+        seen.append({"start": next(p for n, p in model.named_parameters() if "lora_A" in n).detach().clone()})
+        return real_train(model, *args, **kwargs)
+
+    def record_plan(*args, **kwargs):
+        seen[-1]["plan"] = real_plan(*args, **kwargs)
+        return seen[-1]["plan"]
+
+    monkeypatch.setattr(api, "train", record_start)
+    monkeypatch.setattr(train_module, "run_plan", record_plan)
+    for i, train in enumerate(({"seed": 0}, {"seed": 1}, {"seed": 0, "init_seed": 1})):
+        monkeypatch.setenv("INWEIGHTS_HOME", str(tmp_path / str(i)))
+        learn([docs], "acme", small_config(tiny_model_dir, replay_fraction=0, **train), base=base, progress=False)
+    zero, one, mixed = seen
+    assert not torch.equal(zero["start"], one["start"]) and zero["plan"] != one["plan"]
+    assert torch.equal(mixed["start"], one["start"]) and mixed["plan"] == zero["plan"]
+
+
 def test_interrupted_training_resumes_to_the_same_memory(docs, tmp_path, monkeypatch, tiny_model_dir, base):
     import inweights.train as train_module
 

@@ -215,7 +215,7 @@ def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir
     """Attach a fresh memory to the base, seeded (or `resume_from`'s memory, trainable at its trained scale), and
     train it; returns (the model carrying it, the training result). On an error the memory is detached again
     (unless sharded: see train_and_publish)."""
-    torch.manual_seed(train_config.seed)
+    torch.manual_seed(train_config.seed if train_config.init_seed is None else train_config.init_seed)
     if resume_from is None:
         model = method.attach(base.model, train_config)
     else:
@@ -249,7 +249,8 @@ def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path
     method = METHODS[train_config.method]
     directories, results = [], []
     for i in range(train_config.seeds):
-        config = replace(train_config, seed=train_config.seed + i, seeds=1, strength=1.0)
+        config = replace(train_config, seed=train_config.seed + i, seeds=1, strength=1.0,
+                         init_seed=None if train_config.init_seed is None else train_config.init_seed + i)
         seed_dir = run_dir / f"seed{config.seed}"
         done = seed_dir / "memory"
         if (done / "result.json").is_file():

@@ -208,6 +208,11 @@ class TrainConfig:
     knew while its weights move. 0 turns it off."""
     seed: int = 0
     """Seed of initialisation, batch order and replay choice: the same seed and data give the same memory."""
+    init_seed: int | None = None
+    """Seed of the memory's start alone (LoRA's A factors, TinyLoRA's and the memory layer's random parts) where it
+    should differ from `seed`, which then sets only the data's order and the guard's draws; None: `seed`. With
+    `seeds` > 1 each memory's start is init_seed + i. A benchmark knob: it tells which of the two makes two seeds'
+    updates unlike (docs/benchmarks.md)."""
 
     def __post_init__(self):
         from inweights.methods import METHODS
