@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -144,7 +145,12 @@ def test_full_evaluation_runs_every_condition_and_writes_the_report(tmp_path, wo
     assert report["questions"] == {"kind": "short_answer", "n": 3, "documents": 3}
     assert report["run"]["limit"] is None and report["general_limits"]["arc_easy"] == 2
     closed, in_context, memory = (report["conditions"][c] for c in ("closed_book", "in_context", "memory"))
-    assert set(closed["scores"]) == {"em", "f1", "contains", "n"} and len(closed["predictions"]) == 3
+    assert set(closed["scores"]) == {"em", "f1", "contains", "p_gold", "n"} and len(closed["predictions"]) == 3
+    for condition in report["conditions"].values():  # the gold answers' probability, per question and its mean
+        assert len(condition["gold_logprobs"]) == 3 and all(lp < 0 for lp in condition["gold_logprobs"])
+        mean = sum(math.exp(lp) for lp in condition["gold_logprobs"]) / 3
+        assert condition["scores"]["p_gold"] == pytest.approx(mean, abs=1e-4)
+    assert in_context["gold_logprobs"] != closed["gold_logprobs"]  # the passage moves it
     assert closed["gain_points"] == 0.0 and closed["cost_ratios"]["ttft"] == 1.0
     assert in_context["context_tokens_cut"]["window"] == 60 and in_context["context_tokens_cut"]["tokens_cut_total"] > 0
     assert in_context["cost"]["prompt_tokens_mean"] > closed["cost"]["prompt_tokens_mean"]

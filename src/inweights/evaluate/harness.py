@@ -31,8 +31,8 @@ from inweights.api import load_memory, train_and_publish
 from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import load_corpus
 from inweights.errors import InweightsError
-from inweights.evaluate.conditions import answer_mc, answer_short, fit_context, measure_cost, model_window, \
-    question_prompts, score, score_by_form
+from inweights.evaluate.conditions import answer_logliks, answer_mc, answer_short, fit_context, gold_summary, \
+    measure_cost, model_window, question_prompts, score, score_by_form
 from inweights.evaluate.general import GeneralLimits, compare, general_suite
 from inweights.evaluate.questions import MultipleChoice, Question, load_questions
 from inweights.evaluate.rag import EMBEDDER, RagIndex
@@ -246,16 +246,21 @@ def _fit_all(tokenizer, questions, texts, window, max_new_tokens) -> tuple[list[
 
 
 def _run_condition(model, base: Base, questions, contexts, settings: EvalSettings, retrieval_s: float) -> dict:
+    result = {}
     if isinstance(questions[0], MultipleChoice):
         predictions = answer_mc(model, base.tokenizer, questions, contexts, settings.batch_size)
+        scores = score(questions, predictions)
     else:
         predictions = answer_short(model, base.tokenizer, base.stop_token_ids, questions, contexts,
                                    settings.max_new_tokens, settings.batch_size)
+        logliks = answer_logliks(model, base.tokenizer, questions, contexts, settings.batch_size)
+        scores = score(questions, predictions) | {"p_gold": gold_summary(logliks)["p_gold"]}
+        result["gold_logprobs"] = [round(lp, 4) for lp, _ in logliks]  # per question, its likeliest gold's log p
     prompts = question_prompts(base.tokenizer, questions, contexts)
     cost = measure_cost(model, base.tokenizer, prompts, settings.cost_questions, settings.decode_tokens,
                         extra_seconds=retrieval_s)
-    return {"scores": score(questions, predictions), "by_form": score_by_form(questions, predictions), "cost": cost,
-            "predictions": predictions}
+    return result | {"scores": scores, "by_form": score_by_form(questions, predictions), "cost": cost,
+                     "predictions": predictions}
 
 
 def _training_cost(version: MemoryVersion) -> dict:
