@@ -56,6 +56,8 @@ KNOBS = {
     "ex": ("exposures", int, "train", "exposures", "target exposures per fact (sets the epochs)"),
     "rk": ("rank", int, "train", "rank", "LoRA rank (alpha stays its default unless al is given)"),
     "al": ("alpha", float, "train", "alpha", "LoRA alpha (the update is scaled by alpha / rank)"),
+    "qi": ("quiet_init", int, "train", "lora_init", "LoRA's A factors started in the guard text's quietest input "
+                                                   "directions (1) or at random (0)"),
     "ml": ("mlp", int, "train", "target_modules", "LoRA on the MLP projections only (1; default: every linear layer)"),
     "an": ("anchor", float, "train", "anchor", "the activation anchor's weight"),
     "ly": ("layers", int, "train", "layers", "LoRA on the first N decoder layers only"),
@@ -76,8 +78,9 @@ KNOBS = {
 }
 MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen name them so
 # Knobs whose config value is not the number in the point's name: Point attribute -> the value from that number.
-TO_CONFIG = {"views": bool, "kl_tail": bool, "mlp": lambda on: MLP_PROJECTIONS if on else (), "layers": lambda n: tuple(range(n)),
-             "layer_at": lambda n: (n,)}
+TO_CONFIG = {"views": bool, "kl_tail": bool, "mlp": lambda on: MLP_PROJECTIONS if on else (),
+             "layers": lambda n: tuple(range(n)), "layer_at": lambda n: (n,),
+             "quiet_init": lambda on: "quiet" if on else "random"}
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Point:
     exposures: int | None = None  # target exposures per fact (TrainConfig.exposures); None: its default
     rank: int | None = None  # LoRA rank (TrainConfig.rank); None: its default
     alpha: float | None = None  # LoRA alpha (TrainConfig.alpha); None: its default
+    quiet_init: int | None = None  # 1: TrainConfig.lora_init "quiet"; None: its default (random)
     mlp: int | None = None  # 1: LoRA on MLP_PROJECTIONS only (TrainConfig.target_modules); None: every linear layer
     anchor: float | None = None  # the activation anchor's weight (TrainConfig.anchor); None: its default
     layers: int | None = None  # LoRA on decoder layers 0..N-1 only (TrainConfig.layers); None: every layer

@@ -199,3 +199,57 @@ def test_lora_truncate_keeps_each_updates_best_low_rank_approximation(base):
                 truncate(model, **bad)
     finally:
         METHODS["lora"].detach(model)
+
+
+def test_quiet_init_starts_lora_in_the_general_texts_least_used_directions(base):
+    from inweights.methods.lora import init_quiet
+
+    torch.manual_seed(0)
+    general = [torch.randint(3, 100, (24,)).tolist() for _ in range(6)]
+    model = METHODS["lora"].attach(base.model, TrainConfig(rank=4))
+    ids = torch.tensor([general[0]])
+    reference = _logits(model, ids)
+    inputs, hooks = {}, []
+    layers = {n: m for n, m in model.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    for name, module in layers.items():  # each layer's inputs on the general text, once
+        hooks.append(module.register_forward_pre_hook(
+            lambda m, args, name=name: inputs.setdefault(name, []).append(args[0].reshape(-1, args[0].shape[-1]))))
+    with torch.no_grad():
+        for seq in general:
+            model(input_ids=torch.tensor([seq]))
+    for h in hooks:
+        h.remove()
+
+    def reads():  # share of the general inputs' energy that A passes on, relative to A's own size, per layer
+        out = {}
+        for name, module in layers.items():
+            a, x = module.lora_A["default"].weight, torch.cat(inputs[name])
+            out[name] = ((x @ a.T).square().sum() / a.square().sum()).item()
+        return out
+
+    before = reads()
+    norms = {n: m.lora_A["default"].weight.norm(dim=1).clone() for n, m in layers.items()}
+    init_quiet(model, general)
+    after = reads()
+    # reads less of the general text in every layer, and far less where its inputs are far from isotropic
+    assert all(after[n] < 0.6 * before[n] for n in layers) and sum(after.values()) < 0.2 * sum(before.values())
+    assert all(torch.allclose(m.lora_A["default"].weight.norm(dim=1), norms[n]) for n, m in layers.items())
+    assert torch.equal(_logits(model, ids), reference)  # B is still zero: the model is unchanged
+    METHODS["lora"].detach(model)
+    with pytest.raises(ValueError, match="quiet needs"):
+        TrainConfig(lora_init="quiet", replay_fraction=0)
+
+
+def test_learn_with_the_quiet_init_starts_from_the_guards_text(base, tmp_path, tiny_model_dir, monkeypatch):
+    import inweights.api as api
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "a.md").write_text("The Oslo office of Fjordlight opened in March 2019 and employs forty people.\n")
+    seen, real = [], api.init_quiet
+    monkeypatch.setattr(api, "init_quiet", lambda model, sequences: (seen.append(len(sequences)),
+                                                                     real(model, sequences)))
+    config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("selfstudy",), budget=200),
+                         train=TrainConfig(epochs=1, replay_sequences=4, lora_init="quiet"))
+    version = learn([docs], "m", config, base=base, workspace=Workspace(tmp_path / "home"), progress=False)
+    assert seen == [4] and version.manifest["config"]["train"]["lora_init"] == "quiet"

@@ -29,6 +29,7 @@ from inweights.errors import InweightsError
 from inweights.generate import generate
 from inweights.guard import cached_rows, cached_texts, replay_rows, replay_targets, replay_texts
 from inweights.methods import METHODS
+from inweights.methods.lora import init_quiet
 from inweights.models import Base, load_base, resolve_device, resolve_dtype
 from inweights.store import MANIFEST, MemoryVersion, Workspace, validate_name, write_atomic
 from inweights.prompt import has_chat_template, qa_prompt, render
@@ -226,6 +227,8 @@ def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir
     try:
         if hasattr(method, "prepare") and resume_from is None:
             method.prepare(model, items, replay)
+        if train_config.lora_init == "quiet" and resume_from is None:
+            init_quiet(model, [row[0] for row in replay])
         penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
                    if train_config.anchor > 0 else None)
         result = train(model, base.tokenizer, items, n_examples, train_config, run_dir, progress=progress,

@@ -117,6 +117,11 @@ class TrainConfig:
     layers: tuple[int, ...] = ()
     """The decoder layers (0 = nearest the input) that get the memory. lora: any set, empty for every layer;
     memory_layer: one layer, empty for the middle one; not for the other methods."""
+    lora_init: str = "random"
+    """LoRA: how the A factors start. random: PEFT's (Kaiming-uniform). quiet: random mixes of the input
+    directions the guard's general text uses least (the lower half of each layer's input second moment's
+    eigenvectors, methods/lora.init_quiet), so that the update reads mostly what general text leaves quiet; needs
+    the guard (replay_fraction > 0)."""
     tinylora_u: int = 64
     """tinylora: trainable numbers per adapted layer."""
     prefix_tokens: int = 128
@@ -240,6 +245,10 @@ class TrainConfig:
             raise ValueError("replay_top_k must be >= 0 (0: sample from the whole distribution)")
         if self.rehearsal < 0:
             raise ValueError("rehearsal must be >= 0")
+        if self.lora_init not in ("random", "quiet") or (self.lora_init == "quiet" and (
+                self.method != "lora" or self.replay_fraction == 0)):
+            raise ValueError("lora_init must be random or quiet, and quiet needs the lora method and the guard "
+                             "(replay_fraction > 0)")
         if self.anchor and self.method != "lora":
             raise ValueError("anchor applies to the lora method only")
         if not 0.0 < self.strength <= 2.0 or (self.strength != 1.0 and self.method not in ("lora", "memory_layer")):

@@ -60,6 +60,45 @@ class LoRA:
         return model.unload()
 
 
+@torch.no_grad()
+def init_quiet(model, sequences, share: float = 0.5, most: int = 64) -> None:
+    """Draw each LoRA layer's A factor anew inside the input directions that general text uses least, in place:
+    the eigenvectors of the layer's input second moment over `sequences` (token id lists; at most `most` of
+    them) whose eigenvalues are the lowest `share` of them, each row of A a random mix of those directions at the
+    norm PEFT gave it. B is still zero, so the model is unchanged until training; as A moves little while B
+    grows, the update B A then reads mostly what general text leaves quiet (the idea of null-space editing and
+    of knowledge-preserving LoRA inits), so the general text the guard scores should change less."""
+    if not 0.0 < share <= 1.0:
+        raise ValueError("share must be in (0, 1]")
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer) and "default" in m.lora_A}
+    moments, hooks = {}, []
+
+    def add(name):
+        def hook(module, args):
+            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
+            moments[name] = moments.get(name, 0) + x.T @ x
+        return hook
+
+    for name, module in layers.items():
+        hooks.append(module.register_forward_pre_hook(add(name)))
+    device = next(model.parameters()).device
+    try:
+        for ids in list(sequences)[:most]:
+            model(input_ids=torch.tensor([ids], device=device))
+    finally:
+        for h in hooks:
+            h.remove()
+    if not moments:
+        raise ValueError("init_quiet needs general text: no sequence reached the LoRA layers")
+    for name, module in layers.items():
+        a = module.lora_A["default"].weight
+        _, vectors = torch.linalg.eigh(moments[name].double())  # ascending eigenvalues
+        quiet = vectors[:, : max(1, round(share * vectors.shape[1]))].float()
+        rows = torch.randn(a.shape[0], quiet.shape[1]) @ quiet.T.cpu()
+        rows *= a.norm(dim=1, keepdim=True).cpu() / rows.norm(dim=1, keepdim=True)
+        a.copy_(rows.to(a.device, a.dtype))
+
+
 def average(model, directories) -> PeftModel:
     """A PeftModel on the plain base `model` whose one adapter ("default", as a saved memory has) is the mean of the
     LoRA updates saved in `directories`: PEFT's "cat" combination, one adapter whose rank is the sum of theirs (the
