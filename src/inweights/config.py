@@ -214,11 +214,12 @@ class TrainConfig:
     seed: int = 0
     """Seed of initialisation, batch order and replay choice: the same seed and data give the same memory."""
     init_seed: int | None = None
-    """Seed of the memory's start alone (LoRA's A factors, TinyLoRA's and the memory layer's random parts) where it
-    should differ from `seed`, which then sets only the data's order and the guard's draws; None: `seed`. With
-    `seeds` > 1 each memory's start is init_seed + i. A benchmark knob. On the SQuAD tuning passages the start is
-    what makes two seeds' updates unlike (cosine 0.09-0.15 from another start in the same order, 0.47-0.62 from
-    the same start in another order), and it alone moved the gap by 29 points (docs/benchmarks.md)."""
+    """Seed of the memory's start alone (torch's generator when the memory is attached: LoRA's A factors and
+    whatever else a method draws then) where it should differ from `seed`, which then sets only the data's order
+    and the guard's draws; None: `seed`. With `seeds` > 1 each memory's start is init_seed + i. A benchmark knob.
+    On the SQuAD tuning passages the start is what makes two seeds' updates unlike (cosine 0.09-0.15 from another
+    start in the same order, 0.47-0.62 from the same start in another order), and it alone moved the gap by 29
+    points (docs/benchmarks.md)."""
 
     def __post_init__(self):
         from inweights.methods import METHODS
