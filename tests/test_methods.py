@@ -229,7 +229,7 @@ def test_quiet_init_starts_lora_in_the_general_texts_least_used_directions(base)
 
     before = reads()
     norms = {n: m.lora_A["default"].weight.norm(dim=1).clone() for n, m in layers.items()}
-    init_quiet(model, general)
+    init_quiet(model, general, base.tokenizer.pad_token_id)
     after = reads()
     # reads less of the general text in every layer, and far less where its inputs are far from isotropic
     assert all(after[n] < 0.6 * before[n] for n in layers) and sum(after.values()) < 0.2 * sum(before.values())
@@ -247,8 +247,8 @@ def test_learn_with_the_quiet_init_starts_from_the_guards_text(base, tmp_path, t
     docs.mkdir()
     (docs / "a.md").write_text("The Oslo office of Fjordlight opened in March 2019 and employs forty people.\n")
     seen, real = [], api.init_quiet
-    monkeypatch.setattr(api, "init_quiet", lambda model, sequences: (seen.append(len(sequences)),
-                                                                     real(model, sequences)))
+    monkeypatch.setattr(api, "init_quiet", lambda model, sequences, pad_id: (seen.append(len(sequences)),
+                                                                             real(model, sequences, pad_id)))
     config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("selfstudy",), budget=200),
                          train=TrainConfig(epochs=1, replay_sequences=4, lora_init="quiet"))
     version = learn([docs], "m", config, base=base, workspace=Workspace(tmp_path / "home"), progress=False)

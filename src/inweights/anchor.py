@@ -32,7 +32,11 @@ class Anchor:
             raise ValueError("the activation anchor needs a LoRA memory; this model has no LoRA layer")
         if not sequences:
             raise ValueError("the activation anchor needs general text (the guard's replay sequences)")
-        self.moments, self.energy = _input_moments(model, self.layers, sequences, pad_id, batch_size)
+        self.moments = input_moments(model, self.layers, sequences, pad_id, batch_size)
+        self.energy = {}  # tr(W C W^T): the base layer's output energy on the same text
+        for name, layer in self.layers:
+            w = layer.base_layer.weight.float()
+            self.energy[name] = float(((w @ self.moments[name]) * w).sum()).__abs__() + 1e-12
 
     def __call__(self) -> torch.Tensor:
         terms = []
@@ -47,8 +51,10 @@ class Anchor:
 
 
 @torch.no_grad()
-def _input_moments(model, layers, sequences, pad_id: int, batch_size: int):
-    """Per LoRA layer: C = mean over real tokens of x x^T (float32, on the layer's device), and tr(W C W^T)."""
+def input_moments(model, layers, sequences, pad_id: int, batch_size: int = 8) -> dict[str, torch.Tensor]:
+    """Per LoRA layer of `layers` ((name, module) pairs): C = mean over the real tokens of `sequences` of its input
+    x x^T (float32, on the layer's device), with the adapters off, from the decoder alone (the inputs need no
+    logits of the output head)."""
     sums: dict[str, torch.Tensor] = {}
     mask_holder: dict[str, torch.Tensor] = {}
     hooks = []
@@ -59,6 +65,7 @@ def _input_moments(model, layers, sequences, pad_id: int, batch_size: int):
             sums[name] = sums.get(name, 0) + x.T @ x
         hooks.append(layer.base_layer.register_forward_pre_hook(hook))
     device = next(model.parameters()).device
+    backbone = model.get_base_model().base_model
     tokens = 0
     try:
         with model.disable_adapter():
@@ -68,15 +75,9 @@ def _input_moments(model, layers, sequences, pad_id: int, batch_size: int):
                 ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in batch], device=device)
                 mask = torch.tensor([[True] * len(s) + [False] * (width - len(s)) for s in batch], device=device)
                 mask_holder["mask"] = mask
-                model(input_ids=ids, attention_mask=mask.long())
+                backbone(input_ids=ids, attention_mask=mask.long())
                 tokens += int(mask.sum())
     finally:
         for h in hooks:
             h.remove()
-    moments, energy = {}, {}
-    for name, layer in layers:
-        c = sums[name] / tokens
-        w = layer.base_layer.weight.float()
-        moments[name] = c
-        energy[name] = float(((w @ c) * w).sum()).__abs__() + 1e-12
-    return moments, energy
+    return {name: sums[name] / tokens for name, _ in layers}

@@ -228,7 +228,7 @@ def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir
         if hasattr(method, "prepare") and resume_from is None:
             method.prepare(model, items, replay)
         if train_config.lora_init == "quiet" and resume_from is None:
-            init_quiet(model, [row[0] for row in replay])
+            init_quiet(model, [row[0] for row in replay], base.tokenizer.pad_token_id)
         penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
                    if train_config.anchor > 0 else None)
         result = train(model, base.tokenizer, items, n_examples, train_config, run_dir, progress=progress,

@@ -60,32 +60,6 @@ class LoRA:
         return model.unload()
 
 
-@torch.no_grad()
-def input_moments(model, sequences, most: int = 64) -> dict[str, torch.Tensor]:
-    """Each LoRA layer's input second moment (sum of x x^T over every position, float32) on the first `most` of
-    `sequences` (token id lists), run one at a time. B is zero or not: the inputs are the model's as it stands."""
-    layers = {name: m for name, m in model.named_modules() if isinstance(m, LoraLayer) and "default" in m.lora_A}
-    moments, hooks = {}, []
-
-    def add(name):
-        def hook(module, args):
-            x = args[0].detach().reshape(-1, args[0].shape[-1]).float()
-            moments[name] = moments.get(name, 0) + x.T @ x
-        return hook
-
-    for name, module in layers.items():
-        hooks.append(module.register_forward_pre_hook(add(name)))
-    device = next(model.parameters()).device
-    backbone = model.get_base_model().base_model  # the decoder without its output head: the inputs need no logits
-    try:
-        for ids in list(sequences)[:most]:
-            backbone(input_ids=torch.tensor([ids], device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-    return moments
-
-
 def quiet_directions(moment: torch.Tensor, share: float = 0.5) -> torch.Tensor:
     """The eigenvectors (columns) of a second moment with the lowest `share` of its eigenvalues."""
     _, vectors = torch.linalg.eigh(moment.double())  # ascending eigenvalues
@@ -93,7 +67,7 @@ def quiet_directions(moment: torch.Tensor, share: float = 0.5) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_quiet(model, sequences, share: float = 0.5, most: int = 64) -> None:
+def init_quiet(model, sequences, pad_id: int, share: float = 0.5, most: int = 64) -> None:
     """Draw each LoRA layer's A factor anew inside the input directions that general text uses least, in place:
     the eigenvectors of the layer's input second moment over `sequences` (token id lists; at most `most` of
     them) whose eigenvalues are the lowest `share` of them, each row of A a random mix of those directions at the
@@ -103,16 +77,18 @@ def init_quiet(model, sequences, share: float = 0.5, most: int = 64) -> None:
     the general tasks (docs/benchmarks.md)."""
     if not 0.0 < share <= 1.0:
         raise ValueError("share must be in (0, 1]")
-    moments = input_moments(model, sequences, most)
-    if not moments:
-        raise ValueError("init_quiet needs general text: no sequence reached the LoRA layers")
-    for name, module in model.named_modules():
-        if name in moments:
-            a = module.lora_A["default"].weight
-            quiet = quiet_directions(moments[name], share)
-            rows = torch.randn(a.shape[0], quiet.shape[1]) @ quiet.T.cpu()
-            rows *= a.norm(dim=1, keepdim=True).cpu() / rows.norm(dim=1, keepdim=True)
-            a.copy_(rows.to(a.device, a.dtype))
+    from inweights.anchor import input_moments
+
+    layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer) and "default" in m.lora_A]
+    if not sequences:
+        raise ValueError("init_quiet needs general text (the guard's rows)")
+    moments = input_moments(model, layers, list(sequences)[:most], pad_id)
+    for name, module in layers:
+        a = module.lora_A["default"].weight
+        quiet = quiet_directions(moments[name], share)
+        rows = torch.randn(a.shape[0], quiet.shape[1]) @ quiet.T.cpu()
+        rows *= a.norm(dim=1, keepdim=True).cpu() / rows.norm(dim=1, keepdim=True)
+        a.copy_(rows.to(a.device, a.dtype))
 
 
 def average(model, directories) -> PeftModel:
