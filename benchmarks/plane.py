@@ -38,6 +38,8 @@ from pathlib import Path
 
 import torch
 
+from inweights.config import LORA_INITS
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A point's settings other than the defaults, each a suffix of its name: suffix -> (Point attribute, type,
@@ -56,8 +58,9 @@ KNOBS = {
     "ex": ("exposures", int, "train", "exposures", "target exposures per fact (sets the epochs)"),
     "rk": ("rank", int, "train", "rank", "LoRA rank (alpha stays its default unless al is given)"),
     "al": ("alpha", float, "train", "alpha", "LoRA alpha (the update is scaled by alpha / rank)"),
-    "qi": ("quiet_init", int, "train", "lora_init", "LoRA's A factors started in the guard text's quietest input "
-                                                   "directions (1) or at random (0)"),
+    "qi": ("quiet_init", int, "train", "lora_init", "LoRA's A factors started at random (0), in the guard text's "
+                                                   "quietest input directions (1), or in those of that text and QA "
+                                                   "about it (2)"),
     "ml": ("mlp", int, "train", "target_modules", "LoRA on the MLP projections only (1; default: every linear layer)"),
     "an": ("anchor", float, "train", "anchor", "the activation anchor's weight"),
     "ly": ("layers", int, "train", "layers", "LoRA on the first N decoder layers only"),
@@ -80,7 +83,7 @@ MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")  # Gemma, Llama and Qwen
 # Knobs whose config value is not the number in the point's name: Point attribute -> the value from that number.
 TO_CONFIG = {"views": bool, "kl_tail": bool, "mlp": lambda on: MLP_PROJECTIONS if on else (),
              "layers": lambda n: tuple(range(n)), "layer_at": lambda n: (n,),
-             "quiet_init": lambda on: "quiet" if on else "random"}
+             "quiet_init": lambda n: LORA_INITS[n]}
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class Point:
     exposures: int | None = None  # target exposures per fact (TrainConfig.exposures); None: its default
     rank: int | None = None  # LoRA rank (TrainConfig.rank); None: its default
     alpha: float | None = None  # LoRA alpha (TrainConfig.alpha); None: its default
-    quiet_init: int | None = None  # 1: TrainConfig.lora_init "quiet"; None: its default (random)
+    quiet_init: int | None = None  # TrainConfig.lora_init LORA_INITS[n] (1 quiet, 2 quiet-qa); None: random
     mlp: int | None = None  # 1: LoRA on MLP_PROJECTIONS only (TrainConfig.target_modules); None: every linear layer
     anchor: float | None = None  # the activation anchor's weight (TrainConfig.anchor); None: its default
     layers: int | None = None  # LoRA on decoder layers 0..N-1 only (TrainConfig.layers); None: every layer

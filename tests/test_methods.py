@@ -236,8 +236,11 @@ def test_quiet_init_starts_lora_in_the_general_texts_least_used_directions(base)
     assert all(torch.allclose(m.lora_A["default"].weight.norm(dim=1), norms[n]) for n, m in layers.items())
     assert torch.equal(_logits(model, ids), reference)  # B is still zero: the model is unchanged
     METHODS["lora"].detach(model)
-    with pytest.raises(ValueError, match="quiet needs"):
-        TrainConfig(lora_init="quiet", replay_fraction=0)
+    for init in ("quiet", "quiet-qa"):
+        with pytest.raises(ValueError, match="quiet ones need"):
+            TrainConfig(lora_init=init, replay_fraction=0)
+    with pytest.raises(ValueError, match="must be one of random, quiet, quiet-qa"):
+        TrainConfig(lora_init="zeros")
 
 
 def test_learn_with_the_quiet_init_starts_from_the_guards_text(base, tmp_path, tiny_model_dir, monkeypatch):
@@ -253,3 +256,25 @@ def test_learn_with_the_quiet_init_starts_from_the_guards_text(base, tmp_path, t
                          train=TrainConfig(epochs=1, replay_sequences=4, lora_init="quiet"))
     version = learn([docs], "m", config, base=base, workspace=Workspace(tmp_path / "home"), progress=False)
     assert seen == [4] and version.manifest["config"]["train"]["lora_init"] == "quiet"
+
+
+def test_the_quiet_qa_init_adds_questions_about_the_guards_text_as_many_tokens_again(base, tmp_path, monkeypatch):
+    import inweights.api as api
+    from inweights.synth import ExampleCache
+
+    workspace = Workspace(tmp_path / "home")
+    config = TrainConfig(replay_sequences=6, lora_init="quiet-qa", max_seq_len=64)
+    texts = ["The Oslo office of Fjordlight opened in March 2019. Maria Berg leads the office in Oslo.",
+             "Quentin Rask founded the Harbor Guild in 1852. The guild built the lighthouse at Vard."] * 3
+    monkeypatch.setattr(api, "replay_texts", lambda *args, **kwargs: texts)  # the guard's general text
+    replay = [(base.tokenizer(t)["input_ids"], None, None) for t in texts]
+    rows = api._quiet_rows(base, config, SynthConfig(), workspace, ExampleCache(tmp_path / "synth"), [], replay)
+    plain = [row[0] for row in replay]
+    assert rows[: len(plain)] == plain and len(rows) > len(plain)
+    qa = [base.tokenizer.decode(ids) for ids in rows[len(plain):]]
+    assert all("Question:" in text and "\nAnswer:" in text for text in qa)
+    plain_tokens, qa_tokens = sum(map(len, plain)), sum(map(len, rows[len(plain):]))
+    assert plain_tokens <= qa_tokens < plain_tokens + max(map(len, rows[len(plain):]))
+    quiet = api._quiet_rows(base, TrainConfig(lora_init="quiet"), SynthConfig(), workspace, None, [], replay)
+    assert quiet == plain
+    assert api._quiet_rows(base, TrainConfig(), SynthConfig(), workspace, None, [], replay) == []

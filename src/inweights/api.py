@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import platform
+import random
 import shutil
 import time
 from contextlib import nullcontext
@@ -144,6 +145,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
         t = time.perf_counter()
         replay, warmup = _guard_rows(base, train_config, config.synth, workspace, cache, exclude_questions, items,
                                      len(examples), progress)
+        quiet = _quiet_rows(base, train_config, config.synth, workspace, cache, exclude_questions, replay)
         timings["replay_s"] = time.perf_counter() - t
 
     resolved = replace(config, train=train_config)
@@ -163,22 +165,22 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
 
     version, result = train_and_publish(base, train_config, items, len(examples), workspace, memory, run_key,
                                         describe, replay=replay, warmup=warmup, validation=validation,
-                                        progress=progress, shard=shard)
+                                        quiet=quiet, progress=progress, shard=shard)
     _say(progress, f"learned {memory!r} version {version.version} in {time.perf_counter() - t_start:.0f}s "
                    f"({len(examples)} examples, {result.steps} steps, final loss {result.final_loss:.3f})")
     return version
 
 
 def train_and_publish(base: Base, train_config, items, n_examples: int, workspace: Workspace, memory: str,
-                      run_key: str, describe, *, replay=(), warmup=(), validation=(), progress: bool = True,
-                      resume_from: MemoryVersion | None = None, shard=None):
+                      run_key: str, describe, *, replay=(), warmup=(), validation=(), quiet=(),
+                      progress: bool = True, resume_from: MemoryVersion | None = None, shard=None):
     """Attach a fresh memory of `train_config.method` to the base (or, with `resume_from`, that version's memory,
     trainable), train it on `items` (resuming a checkpoint of the same `run_key`), publish it as the next version
     of `memory` with the manifest `describe(result)`, and give the caller its plain base model back. Returns
     (version, training result). With `train_config.seeds` > 1 (LoRA, not with `resume_from`) it trains one memory
     per seed and publishes their mean (_train_seeds). With `shard` (a device; under a launcher) the base's layers
     are sharded across the processes onto it for training (train.train) and the base stays sharded: it is not used
-    again."""
+    again. `quiet`: the token id lists a quiet LoRA start (`lora_init`) keeps out of the way of (_quiet_rows)."""
     method = METHODS[train_config.method]
     run_dir = workspace.run_dir(memory, run_key)
     averaged = train_config.seeds > 1 and resume_from is None
@@ -186,11 +188,11 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
         if shard is not None:
             raise InweightsError("seeds above 1 and --shard cannot be combined yet; train with one seed")
         model, result = _train_seeds(base, train_config, items, n_examples, run_dir, replay=replay, warmup=warmup,
-                                     validation=validation, progress=progress)
+                                     validation=validation, quiet=quiet, progress=progress)
     else:
         model, result = _train_one(method, base, train_config, items, n_examples, run_dir, resume_from=resume_from,
-                                   replay=replay, warmup=warmup, validation=validation, progress=progress,
-                                   shard=shard)
+                                   replay=replay, warmup=warmup, validation=validation, quiet=quiet,
+                                   progress=progress, shard=shard)
     try:
         if train_config.strength != 1.0:
             method.scale(model, train_config.strength)
@@ -212,7 +214,7 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
 
 
 def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir: Path, *,
-               resume_from: MemoryVersion | None, replay, warmup, validation, progress: bool, shard=None):
+               resume_from: MemoryVersion | None, replay, warmup, validation, quiet=(), progress: bool, shard=None):
     """Attach a fresh memory to the base, seeded (or `resume_from`'s memory, trainable at its trained scale), and
     train it; returns (the model carrying it, the training result). On an error the memory is detached again
     (unless sharded: see train_and_publish)."""
@@ -227,8 +229,8 @@ def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir
     try:
         if hasattr(method, "prepare") and resume_from is None:
             method.prepare(model, items, replay)
-        if train_config.lora_init == "quiet" and resume_from is None:
-            init_quiet(model, [row[0] for row in replay], base.tokenizer.pad_token_id)
+        if train_config.lora_init != "random" and resume_from is None:
+            init_quiet(model, quiet, base.tokenizer.pad_token_id)
         penalty = (Anchor(model, [row[0] for row in replay], train_config.anchor, base.tokenizer.pad_token_id)
                    if train_config.anchor > 0 else None)
         result = train(model, base.tokenizer, items, n_examples, train_config, run_dir, progress=progress,
@@ -242,7 +244,7 @@ def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir
 
 
 def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path, *, replay, warmup, validation,
-                 progress: bool):
+                 quiet, progress: bool):
     """`seeds` > 1: train one LoRA memory per seed on the same rows, each saved in the run's folder as it finishes
     (an interrupted learn keeps the seeds it finished and resumes the one it was in), then return the base with
     their mean update attached (lora.average) and the runs' results summed (steps, tokens, seconds; the final loss
@@ -261,7 +263,8 @@ def _train_seeds(base: Base, train_config, items, n_examples: int, run_dir: Path
         else:
             _say(progress, f"seed {i + 1} of {train_config.seeds}")
             model, result = _train_one(method, base, config, items, n_examples, seed_dir, resume_from=None,
-                                       replay=replay, warmup=warmup, validation=validation, progress=progress)
+                                       replay=replay, warmup=warmup, validation=validation, quiet=quiet,
+                                       progress=progress)
             try:
                 if distributed.is_main():
                     partial = seed_dir / "memory.partial"
@@ -349,6 +352,33 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
             replay = [(ids[:cut], *(None if t is None else t[: cut - 1] for t in (top, logp)))
                       for ids, top, logp in replay]
     return replay, warmup
+
+
+QUIET_ROWS = 64  # the guard's rows a quiet LoRA start takes its input moments over
+
+
+def _quiet_rows(base: Base, train_config, synth_config, workspace: Workspace, cache: ExampleCache,
+                exclude_questions, replay) -> list[list[int]]:
+    """The token id lists a quiet LoRA start (`train_config.lora_init`) takes its quiet directions from: the first
+    QUIET_ROWS of the guard's `replay` rows, and for quiet-qa as many tokens again of questions and answers about
+    the same general text in the memory's QA format (warmup.warmup_examples; no evaluation question among them).
+    Empty for a random start."""
+    if train_config.lora_init == "random":
+        return []
+    plain = [row[0] for row in replay[:QUIET_ROWS]]
+    if train_config.lora_init == "quiet":
+        return plain
+    texts = replay_texts(base, train_config.replay_sequences, workspace.cache_dir("replay"), seed=train_config.seed,
+                         progress=False, top_k=train_config.replay_top_k)[:QUIET_ROWS]
+    qa = [ids for ids, _ in sft_rows(base.tokenizer, warmup_examples(texts, synth_config, cache, exclude_questions),
+                                     train_config.max_seq_len, base.newline_id)]
+    budget, rows = sum(len(ids) for ids in plain), []
+    for ids in random.Random(train_config.seed).sample(qa, len(qa)):
+        if budget <= 0:
+            break
+        rows.append(ids)
+        budget -= len(ids)
+    return plain + rows
 
 
 _SHAPE = ("method", "objective", "rank", "alpha", "target_modules", "tinylora_u", "prefix_tokens", "memory_slots",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
+LORA_INITS = ("random", "quiet", "quiet-qa")  # TrainConfig.lora_init
+
 
 @dataclass
 class SynthConfig:
@@ -120,7 +122,9 @@ class TrainConfig:
     lora_init: str = "random"
     """LoRA: how the A factors start. random: PEFT's (Kaiming-uniform). quiet: random mixes of the input
     directions the guard's general text uses least (the lower half of each layer's input second moment's
-    eigenvectors, methods/lora.init_quiet), so that the update reads mostly what general text leaves quiet; needs
+    eigenvectors, methods/lora.init_quiet), so that the update reads mostly what general text leaves quiet.
+    quiet-qa: the same over that text and, as many tokens again, questions and answers about it in the memory's
+    own QA format (the warm-up's, warmup.py), so that what is left quiet is quiet for questions too. Both need
     the guard (replay_fraction > 0)."""
     tinylora_u: int = 64
     """tinylora: trainable numbers per adapted layer."""
@@ -247,10 +251,10 @@ class TrainConfig:
             raise ValueError("replay_top_k must be >= 0 (0: sample from the whole distribution)")
         if self.rehearsal < 0:
             raise ValueError("rehearsal must be >= 0")
-        if self.lora_init not in ("random", "quiet") or (self.lora_init == "quiet" and (
+        if self.lora_init not in LORA_INITS or (self.lora_init != "random" and (
                 self.method != "lora" or self.replay_fraction == 0)):
-            raise ValueError("lora_init must be random or quiet, and quiet needs the lora method and the guard "
-                             "(replay_fraction > 0)")
+            raise ValueError(f"lora_init must be one of {', '.join(LORA_INITS)}, and the quiet ones need the lora "
+                             "method and the guard (replay_fraction > 0)")
         if self.anchor and self.method != "lora":
             raise ValueError("anchor applies to the lora method only")
         if not 0.0 < self.strength <= 2.0 or (self.strength != 1.0 and self.method not in ("lora", "memory_layer")):

@@ -123,7 +123,7 @@ def train_naive(base: Base, documents: dict[str, str], train_config: TrainConfig
     assert_no_leak([Example("", t, "raw_text", "", name, "", "none") for name, t in documents.items()],
                    exclude_questions)
     items = tokenize_replay(base.tokenizer, texts, train_config.max_seq_len)
-    config = resolve_train(replace(train_config, replay_fraction=0.0), len(items))
+    config = resolve_train(replace(train_config, replay_fraction=0.0, lora_init="random"), len(items))
     key = hashlib.sha256(json.dumps([asdict(config), base.fingerprint, texts], default=str).encode()).hexdigest()[:16]
     for version in reversed(workspace.versions(memory)):  # the same run already published: reuse it
         if version.manifest.get("run_key") == key:

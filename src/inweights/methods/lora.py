@@ -67,10 +67,10 @@ def quiet_directions(moment: torch.Tensor, share: float = 0.5) -> torch.Tensor:
 
 
 @torch.no_grad()
-def init_quiet(model, sequences, pad_id: int, share: float = 0.5, most: int = 64) -> None:
+def init_quiet(model, sequences, pad_id: int, share: float = 0.5) -> None:
     """Draw each LoRA layer's A factor anew inside the input directions that general text uses least, in place:
-    the eigenvectors of the layer's input second moment over `sequences` (token id lists; at most `most` of
-    them) whose eigenvalues are the lowest `share` of them, each row of A a random mix of those directions at the
+    the eigenvectors of the layer's input second moment over the tokens of `sequences` (token id lists) whose
+    eigenvalues are the lowest `share` of them, each row of A a random mix of those directions at the
     norm PEFT gave it. B is still zero, so the model is unchanged until training; as A moves little while B
     grows, the update B A then reads mostly what general text leaves quiet (the idea of null-space editing and
     of knowledge-preserving LoRA inits). On the SQuAD tuning passages it cut WikiText-2's rise but cost more on
@@ -82,7 +82,7 @@ def init_quiet(model, sequences, pad_id: int, share: float = 0.5, most: int = 64
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, LoraLayer) and "default" in m.lora_A]
     if not sequences:
         raise ValueError("init_quiet needs general text (the guard's rows)")
-    moments = input_moments(model, layers, list(sequences)[:most], pad_id)
+    moments = input_moments(model, layers, list(sequences), pad_id)
     for name, module in layers:
         a = module.lora_A["default"].weight
         quiet = quiet_directions(moments[name], share)
