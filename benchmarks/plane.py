@@ -68,6 +68,8 @@ KNOBS = {
     "kt": ("kl_tail", int, "train", "kl_tail", "the guard's KL with a rest-of-vocabulary bucket (1) or over the "
                                                "renormalised top k (0)"),
     "st": ("strength", float, "train", "strength", "LoRA: the saved update's scale"),
+    "gq": ("guard_questions", float, "train", "guard_questions", "the share of the guard's rows that are QA about "
+                                                                 "its general text"),
     "gk": ("guard_top_k", int, "train", "replay_top_k", "the guard's texts sampled from the top k tokens (0: all)"),
     "rt": ("replay_tokens", int, "train", "replay_tokens", "the guard's rows cut to their first N tokens"),
     "sd": ("seed", int, "train", "seed", "the random seed (LoRA's start, the data's order, the guard's draws)"),
@@ -122,6 +124,7 @@ class Point:
     decay: float | None = None  # AdamW weight decay (TrainConfig.weight_decay); None: its default
     average: float | None = None  # the last share of steps averaged (TrainConfig.average_last); None: its default
     dropout: float | None = None  # LoRA dropout (TrainConfig.dropout); None: its default
+    guard_questions: float | None = None  # the guard's QA share (TrainConfig.guard_questions); None: its default
 
     @property
     def name(self) -> str:

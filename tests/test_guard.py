@@ -170,6 +170,42 @@ def test_replay_tokens_cuts_the_guard_rows_and_their_targets_to_a_prefix(workspa
         TrainConfig(replay_tokens=1)
 
 
+def test_guard_questions_add_qa_rows_about_the_guards_text_with_the_base_models_targets(tmp_path, tiny_model_dir,
+                                                                                       monkeypatch):
+    """`guard_questions` makes that share of the guard's rows questions and answers about its general text, in the
+    QA format, with the base model's targets like the plain rows; the plain rows and their cached targets stay."""
+    import torch
+
+    import inweights.api as api
+    from inweights.config import SynthConfig
+    from inweights.models import load_base
+    from inweights.store import Workspace
+    from inweights.synth import ExampleCache
+
+    base = load_base(str(tiny_model_dir), dtype="float32", device="cpu")
+    texts = [f"The Oslo office of Fjordlight opened in March {2000 + i}. Maria Berg founded the Harbor Guild in "
+             f"{1800 + i}, and the guild built the lighthouse at Vard." for i in range(8)]
+    monkeypatch.setattr(api, "replay_texts", lambda *args, **kwargs: texts)  # English the parser can ask about
+    items = [(list(range(2, 12)), [-100] * 9 + [5]) for _ in range(40)]
+    workspace = Workspace(tmp_path / "home")
+
+    def rows(share):
+        config = TrainConfig(epochs=2, replay_sequences=8, replay_fraction=0.5, guard_questions=share)
+        return api._guard_rows(base, config, SynthConfig(), workspace, ExampleCache(tmp_path / "synth"), [], items,
+                               len(items), progress=False)[0]
+
+    plain, mixed = rows(0.0), rows(0.5)
+    assert len(plain) == 8 and len(mixed) == 16 and [r[0] for r in mixed[:8]] == [r[0] for r in plain]
+    both = [(a, b) for a, b in zip(plain, mixed) if a[1] is not None and b[1] is not None]  # drawn by both runs
+    assert both and all(torch.equal(a[1], b[1]) and torch.equal(a[2], b[2]) for a, b in both)
+    questions = [base.tokenizer.decode(ids) for ids, _, _ in mixed[8:]]
+    assert all("Question:" in q and "\nAnswer: " in q for q in questions)
+    drawn = [(ids, top) for ids, top, _ in mixed[8:] if top is not None]
+    assert drawn and all(top.shape[0] == len(ids) - 1 for ids, top in drawn)
+    with pytest.raises(ValueError, match="guard_questions"):
+        TrainConfig(guard_questions=1.0)
+
+
 def test_the_tail_bucket_makes_the_guard_penalise_sharpening():
     """The guard's KL over the base model's top k: renormalised, it rewards a student that moves the rest of the
     vocabulary's probability onto the top k (below its value at the teacher itself); with the rest as one more

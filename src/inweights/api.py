@@ -33,7 +33,7 @@ from inweights.methods import METHODS
 from inweights.methods.lora import init_quiet
 from inweights.models import Base, load_base, resolve_device, resolve_dtype
 from inweights.store import MANIFEST, MemoryVersion, Workspace, validate_name, write_atomic
-from inweights.prompt import has_chat_template, qa_prompt, render
+from inweights.prompt import answer_format, has_chat_template, qa_prompt, render
 from inweights.synth import (ExampleCache, assert_no_leak, diversity, drop_eval_overlap, hold_out_wordings,
                               items_per_fact, strategy_versions, synthesize, token_counter, within_budget)
 from inweights.synth.teacher import make_teacher
@@ -342,16 +342,36 @@ def _guard_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
     replay = []
     if train_config.replay_fraction > 0:
         rows = replay_rows(base.tokenizer, texts, train_config.max_seq_len)
+        questions = _guard_questions(base, texts, len(rows), train_config, synth_config, cache, exclude_questions)
+        question_rows = replay_rows(base.tokenizer, questions, train_config.max_seq_len)
         cut = train_config.replay_tokens or None
-        needed = set().union(*(replay_drawn([len(row[0]) for row in items], n_examples, [len(r[:cut]) for r in rows],
+        needed = set().union(*(replay_drawn([len(row[0]) for row in items], n_examples,
+                                            [len(r[:cut]) for r in rows + question_rows],
                                             [len(row[0]) for row in warmup], replace(train_config, seed=seed))
                                for seed in range(train_config.seed, train_config.seed + train_config.seeds)))
+        # two target caches, so that the plain text's targets are shared with runs without questions
         replay = replay_targets(base, texts, replay_cache, max_len=train_config.max_seq_len, progress=progress,
-                                needed=needed)
+                                needed={i for i in needed if i < len(rows)})
+        replay += replay_targets(base, questions, replay_cache, max_len=train_config.max_seq_len, progress=progress,
+                                 needed={i - len(rows) for i in needed if i >= len(rows)})
         if cut:  # a causal model's targets for a prefix are the prefix of the row's targets (one per next token)
             replay = [(ids[:cut], *(None if t is None else t[: cut - 1] for t in (top, logp)))
                       for ids, top, logp in replay]
     return replay, warmup
+
+
+def _guard_questions(base: Base, texts, n_plain: int, train_config, synth_config, cache: ExampleCache,
+                     exclude_questions) -> list[str]:
+    """The guard's QA rows (`train_config.guard_questions` of its rows beside `n_plain` plain ones): questions about
+    its general `texts` with their answers, as the base reads a QA training example (warmup.warmup_examples, a
+    seeded sample; no evaluation question among them)."""
+    share = train_config.guard_questions
+    if share == 0:
+        return []
+    examples = warmup_examples(texts, synth_config, cache, exclude_questions)
+    want = min(len(examples), round(n_plain * share / (1 - share)))
+    picked = random.Random(train_config.seed).sample(examples, want)
+    return ["".join(answer_format(base.tokenizer, e.prompt, e.completion, None)[:2]) for e in picked]
 
 
 QUIET_ROWS = 64  # the guard's rows a quiet LoRA start takes its input moments over

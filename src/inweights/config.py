@@ -156,6 +156,10 @@ class TrainConfig:
     """General-text samples generated once per base model and cached (about 22 minutes on 2 CPU cores; the
     embedded model's ship with the package). 1,024 rather than 64 forgot less and learned as much or more on
     both SQuAD carry-over sets (WikiText-2 +35.7% vs +46.0% and +43.1% vs +57.7%; docs/benchmarks.md)."""
+    guard_questions: float = 0.0
+    """The share of the guard's rows that are questions about its general text with their answers, in the memory's
+    QA format (the warm-up's, warmup.py), held to the base model's distribution like the plain text: so that a
+    question about something the memory was not taught is answered as the base answered it. 0: plain text only."""
     replay_top_k: int = 50
     """The guard's general-text samples are drawn from the base model's top this-many next tokens (0: from its
     whole distribution, which keeps the rarer tokens that real text has). The shipped samples are top 50; another
@@ -249,6 +253,8 @@ class TrainConfig:
             raise ValueError("average_last must be in [0, 1), and 0 with holdout (which keeps its best step instead)")
         if self.replay_top_k < 0:
             raise ValueError("replay_top_k must be >= 0 (0: sample from the whole distribution)")
+        if not 0.0 <= self.guard_questions < 1.0:
+            raise ValueError("guard_questions must be in [0, 1)")
         if self.rehearsal < 0:
             raise ValueError("rehearsal must be >= 0")
         if self.lora_init not in LORA_INITS or (self.lora_init != "random" and (
