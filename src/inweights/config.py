@@ -125,7 +125,9 @@ class TrainConfig:
     eigenvectors, methods/lora.init_quiet), so that the update reads mostly what general text leaves quiet.
     quiet-qa: the same over that text and, as many tokens again, questions and answers about it in the memory's
     own QA format (the warm-up's, warmup.py), so that what is left quiet is quiet for questions too. Both need
-    the guard (replay_fraction > 0)."""
+    the guard (replay_fraction > 0). On the SQuAD passages quiet cost ARC-Easy and BoolQ 5 points or more, and
+    quiet-qa lay 3.7 points of p(gold) above the random start's strength line on the tuning half but on it on the
+    confirmation half (docs/benchmarks.md): not the default."""
     tinylora_u: int = 64
     """tinylora: trainable numbers per adapted layer."""
     prefix_tokens: int = 128
