@@ -26,6 +26,7 @@ from inweights import __version__, distributed
 from inweights.anchor import Anchor
 from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import chunk_documents, load_corpus
+from inweights.drift import choose_strength, drift_pct, load_probe
 from inweights.errors import InweightsError
 from inweights.generate import generate
 from inweights.guard import cached_rows, cached_texts, replay_rows, replay_targets, replay_texts
@@ -92,6 +93,9 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
             raise InweightsError(f"--shard splits the decoder layers across processes, and a {config.train.method} "
                                  f"memory does not live inside them; use --method "
                                  f"{' or '.join(distributed.SHARDABLE)}, or train without --shard")
+        if config.train.max_drift:
+            raise InweightsError("--max-drift scores the trained memory on one whole base, which --shard does not "
+                                 "keep; pass --max-drift 0 (and --strength to scale it) or train without --shard")
         shard = resolve_device(config.device)
         base = load_base(config.base, dtype=resolve_dtype(config.dtype, shard), device="cpu")
     base = base or load_base(config.base, dtype=config.dtype, device=config.device)
@@ -111,7 +115,7 @@ def _learn(paths, memory: str, config: LearnConfig, base: Base | None, workspace
     _say(progress if show_plan is None else show_plan, plan.render())
     if plan.seconds > CONFIRM_ABOVE_S and not yes:
         fewer = (f"learn fewer synthetic tokens with --budget N (for example --budget {_budget_for_an_hour(plan)})"
-                 if plan.synth_seconds + plan.guard_seconds < 0.9 * CONFIRM_ABOVE_S else "learn fewer documents at a time")
+                 if plan.fixed_seconds < 0.9 * CONFIRM_ABOVE_S else "learn fewer documents at a time")
         raise InweightsError(f"this would take about {duration(plan.seconds)} on this machine. To go "
                              f"ahead, run the same command with --yes; to make it shorter, {fewer}.")
 
@@ -194,11 +198,15 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
                                    replay=replay, warmup=warmup, validation=validation, quiet=quiet,
                                    progress=progress, shard=shard)
     try:
-        if train_config.strength != 1.0:
-            method.scale(model, train_config.strength)
+        strength, drift = train_config.strength, None
+        if train_config.max_drift:
+            choice = _strength_within(base, workspace, method, model, train_config, progress)
+            strength, drift = choice.strength, choice.to_dict(train_config.max_drift)
+        if strength != 1.0:
+            method.scale(model, strength)
 
         def write(directory: Path) -> None:
-            manifest = describe(result)
+            manifest = describe(result) | {"strength": strength} | ({"drift": drift} if drift else {})
             method.save(model, directory)
             (directory / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
 
@@ -213,6 +221,26 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
             method.detach(model)
 
 
+def _strength_within(base: Base, workspace: Workspace, method, model, train_config, progress: bool):
+    """The strength (at most `train_config.strength`) at which the trained memory moves the drift probe's
+    perplexity by at most `max_drift` percent (drift.choose_strength); the model is left at strength 1."""
+    probe = load_probe(base, workspace.cache_dir("replay"), progress=progress)
+    current = [1.0]
+
+    def measure(s: float) -> float:
+        method.scale(model, s / current[0])
+        current[0] = s
+        pct = drift_pct(probe, model)
+        _say(progress, f"strength {s:.3f}: the drift probe's perplexity {pct:+.2f}% "
+                       f"(budget {train_config.max_drift:g}%)")
+        return pct
+
+    try:
+        return choose_strength(measure, train_config.max_drift, cap=train_config.strength)
+    finally:
+        method.scale(model, 1.0 / current[0])
+
+
 def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir: Path, *,
                resume_from: MemoryVersion | None, replay, warmup, validation, quiet=(), progress: bool, shard=None):
     """Attach a fresh memory to the base, seeded (or `resume_from`'s memory, trainable at its trained scale), and
@@ -223,7 +251,7 @@ def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir
         model = method.attach(base.model, train_config)
     else:
         model = method.resume(base.model, resume_from.path, train_config)
-        saved_at = resume_from.manifest["config"]["train"].get("strength", 1.0)
+        saved_at = resume_from.manifest.get("strength", resume_from.manifest["config"]["train"].get("strength", 1.0))
         if saved_at != 1.0:  # train the update as it was trained, not as it was saved
             method.scale(model, 1.0 / saved_at)
     try:
@@ -402,7 +430,7 @@ def _quiet_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
 
 
 _SHAPE = ("method", "objective", "rank", "alpha", "target_modules", "tinylora_u", "prefix_tokens", "memory_slots",
-          "memory_topk", "memory_trainable_rows", "strength")
+          "memory_topk", "memory_trainable_rows", "strength", "max_drift")
 
 
 def full_relearn_reason(parent: MemoryVersion | None, config: LearnConfig, base: Base) -> str | None:
@@ -669,7 +697,7 @@ def _plan(documents, chunks, config: LearnConfig, base: Base, workspace: Workspa
 def _budget_for_an_hour(plan: Plan) -> int:
     """A --budget that brings the plan's training under the confirmation threshold (two significant digits)."""
     per_token = plan.train_seconds / max(plan.synthetic_tokens, 1)
-    budget = max(1000, int((0.9 * CONFIRM_ABOVE_S - plan.synth_seconds - plan.guard_seconds) / max(per_token, 1e-9)))
+    budget = max(1000, int((0.9 * CONFIRM_ABOVE_S - plan.fixed_seconds) / max(per_token, 1e-9)))
     magnitude = 10 ** max(len(str(budget)) - 2, 0)
     return budget // magnitude * magnitude
 

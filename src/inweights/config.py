@@ -189,6 +189,13 @@ class TrainConfig:
     of the closed-book -> in-context gap instead of 60% at +4.9% WikiText-2 perplexity instead of +10.0%; on
     passages 25-48, 61% instead of 94% at +6.4% instead of +13.4% (+4.7% instead of +10.2% over 16,384 tokens;
     a second seed: 67% instead of 61% at +5.6% instead of +12.2%; benchmarks/strength.py, docs/benchmarks.md)."""
+    max_drift: float = 0.0
+    """LoRA and memory_layer: after training, scale the update down (from `strength`) until the drift probe's
+    perplexity rises by at most this many percent (drift.py: general text the base model wrote that no run trains
+    on; about a minute a measurement, at most 4); an update keeps its parent's budget. 0: no budget, the memory is
+    saved at `strength`. WikiText-2 moved about 3 times as much as the probe on one seed's SQuAD memories (2.3 to 4),
+    less with `seeds` > 1; 1.6 kept three seeds on SQuAD passages 25-48 at +3.4% to +4.8% and 39% to 61% of the
+    closed-book -> in-context gap (benchmarks/drift_probe.py, docs/benchmarks.md)."""
     seeds: int = 1
     """LoRA: train this many memories on the same data, with seeds seed, seed + 1, ..., and save the mean of their
     updates as one LoRA of their summed rank (a model soup; `learn` takes as many times as long). What the seeds
@@ -269,6 +276,8 @@ class TrainConfig:
             raise ValueError("anchor applies to the lora method only")
         if not 0.0 < self.strength <= 2.0 or (self.strength != 1.0 and self.method not in ("lora", "memory_layer")):
             raise ValueError("strength must be in (0, 2], and other than 1 for the lora and memory_layer methods only")
+        if self.max_drift < 0 or (self.max_drift and self.method not in ("lora", "memory_layer")):
+            raise ValueError("max_drift must be >= 0, and 0 for methods other than lora and memory_layer")
         if self.layers and (self.method not in ("lora", "memory_layer") or
                             (self.method == "memory_layer" and len(self.layers) > 1)):
             raise ValueError("layers: any set for the lora method, one layer for memory_layer, none for the others")

@@ -29,6 +29,8 @@ DEFAULT_TOKENS_PER_S = {"lora": 105.0, "tinylora": 100.0, "full": 90.0, "cartrid
 """Training tokens/s of each method on gemma-3-270m, fp32, 2 CPU cores (the demo and the plane's learn runs)."""
 SYNTH_WORDS_PER_S = 800.0
 """Source words per second an LLM-free strategy gets through (facts: about 900 on SQuAD with spaCy, 2 cores)."""
+DRIFT_SECONDS = 60.0
+"""Seconds to score the drift probe once (drift.py) with the embedded model on 2 CPU cores (51-58 measured)."""
 TEACHER_WORDS_PER_S = 2.0
 """Source words per second when the local 270M base writes qa/rephrase data (README: ~9 minutes for 1.1k words)."""
 
@@ -50,10 +52,17 @@ class Plan:
     """Writing the forgetting guard's general text and its targets for the rows the run draws, where not cached."""
     seeds: int = 1
     """Memories trained on the same data and averaged (TrainConfig.seeds)."""
+    drift_seconds: float = 0.0
+    """Choosing the strength within the drift budget (TrainConfig.max_drift): up to 4 scorings of the probe."""
 
     @property
     def seconds(self) -> float:
-        return self.synth_seconds + self.train_seconds + self.guard_seconds
+        return self.fixed_seconds + self.train_seconds
+
+    @property
+    def fixed_seconds(self) -> float:
+        """What --budget does not shorten: synthesis, the guard's one-time work and the strength's choice."""
+        return self.synth_seconds + self.guard_seconds + self.drift_seconds
 
     def render(self) -> str:
         return (f"plan: {self.documents:,} documents, {self.words:,} words, {self.chunks:,} chunks -> about "
@@ -63,7 +72,9 @@ class Plan:
                 f"      estimated time: synthesis {duration(self.synth_seconds)}, training "
                 f"{duration(self.train_seconds)} at {self.tokens_per_s:.0f} tokens/s ({self.speed_source})"
                 + (f", forgetting guard {duration(self.guard_seconds)} (once per base model)"
-                   if self.guard_seconds >= 1 else ""))
+                   if self.guard_seconds >= 1 else "")
+                + (f", strength within the drift budget up to {duration(self.drift_seconds)}"
+                   if self.drift_seconds >= 1 else ""))
 
 
 def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokenizer, fingerprint: str,
@@ -100,11 +111,12 @@ def make_plan(documents: Sequence, chunks: Sequence, config: LearnConfig, tokeni
     guard = 1.0 / (1.0 - train.replay_fraction - train.warmup_fraction)
     train_tokens = int(tokens * train.epochs * guard * train.seeds)
     speed, source = _measured_speed(workspace, fingerprint, train.method)
+    faster = DEFAULT_TOKENS_PER_S.get(train.method, 100.0) / speed  # as much faster as training is here
     return Plan(documents=len(documents), words=words, chunks=len(chunks), synthetic_tokens=int(tokens),
                 examples=int(examples), epochs=train.epochs, seeds=train.seeds, train_tokens=train_tokens,
                 tokens_per_s=speed, speed_source=source, synth_seconds=synth_seconds, train_seconds=train_tokens / speed,
-                guard_seconds=guard_seconds(train, examples, *guard_cache)
-                * DEFAULT_TOKENS_PER_S.get(train.method, 100.0) / speed)  # as much faster as training is here
+                guard_seconds=guard_seconds(train, examples, *guard_cache) * faster,
+                drift_seconds=(4 * DRIFT_SECONDS if train.max_drift else 0.0) * faster)
 
 
 def guard_seconds(train, examples: float, texts_written: bool, rows_cached: int) -> float:

@@ -1,0 +1,117 @@
+"""How far a memory moved the base model on general text it never trained on: the drift probe.
+
+The probe is general text the base model wrote itself with a seed no training run's guard uses (the guard samples
+with the run's seed, 0, 1, 2, ...), scored two ways against the base: the rise in its mean per-token NLL, as a
+perplexity change, and the guard's KL (base top-k plus the rest of the vocabulary, `train.soft_kl`). `learn --max-drift` uses it
+to pick the memory's strength: the update is scaled down until the probe's perplexity change is within the
+budget (`choose_strength`); benchmarks/drift_probe.py measured how the probe tracks WikiText-2 perplexity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from inweights.guard import replay_rows, replay_targets, replay_texts
+from inweights.train import lm_parts, soft_kl
+
+PROBE_TEXTS = 128
+"""General-text samples in the probe (about 7,500 tokens with the embedded model)."""
+PROBE_SEED = 2**31 - 1
+"""The probe's sampling seed: the guard's texts use the training seed, so the probe is text no memory trained on."""
+
+
+@dataclass(frozen=True)
+class Probe:
+    """The probe's rows (token ids, BOS first) and the base model's top-k targets and NLL on them."""
+
+    rows: list[list[int]]
+    targets: list[tuple[torch.Tensor, torch.Tensor]]
+    base_nll: float
+
+
+def load_probe(base, cache_dir: Path, n: int | None = None, progress: bool = False) -> Probe:
+    """The probe for `base` (n texts, default PROBE_TEXTS): its texts and targets are cached like the guard's,
+    written once per base (about n x 1 s on 2 CPU cores with the embedded model; its texts are shipped)."""
+    n = PROBE_TEXTS if n is None else n
+    texts = replay_texts(base, n, cache_dir, seed=PROBE_SEED, progress=progress)
+    found = replay_targets(base, texts, cache_dir, progress=progress)
+    rows = [row for row, _, _ in found]
+    targets = [(ids, logprobs) for _, ids, logprobs in found]
+    nll, _ = score(base.model, rows, targets)
+    return Probe(rows, targets, nll)
+
+
+@torch.no_grad()
+def score(model, rows: list[list[int]], targets: list[tuple[torch.Tensor, torch.Tensor]],
+          batch_size: int = 16) -> tuple[float, float]:
+    """(mean NLL of each row's own next tokens, mean KL from the base's targets) per position, over `rows`."""
+    was_training = model.training
+    model.eval()
+    backbone, logits_at = lm_parts(model)
+    device = next(model.parameters()).device
+    nll = kl = 0.0
+    count = 0
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width = max(len(r) for r in batch)
+        ids = torch.tensor([r + [0] * (width - len(r)) for r in batch], device=device)
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
+        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
+        for row, h, (top_ids, top_logprobs) in zip(batch, hidden, targets[start : start + batch_size]):
+            logprobs = torch.log_softmax(logits_at(h[: len(row) - 1]), dim=-1)
+            following = torch.tensor(row[1:], device=device)
+            nll -= logprobs.gather(-1, following[:, None]).sum().item()
+            kl += soft_kl(logprobs.gather(-1, top_ids.to(device)), top_logprobs.to(device), tail=True).item()
+            count += len(row) - 1
+    if was_training:
+        model.train()
+    return nll / max(count, 1), kl / max(count, 1)
+
+
+def drift_pct(probe: Probe, model) -> float:
+    """The probe's perplexity change under `model` against the base, in percent."""
+    nll, _ = score(model, probe.rows, probe.targets)
+    return 100.0 * (math.exp(nll - probe.base_nll) - 1.0)
+
+
+@dataclass(frozen=True)
+class StrengthChoice:
+    """What `choose_strength` settled on: the strength, and each (strength, probe change in %) it measured."""
+
+    strength: float
+    measured: list[tuple[float, float]]
+
+    def to_dict(self, budget: float) -> dict:
+        return {"budget_pct": budget, "strength": round(self.strength, 4),
+                "measured": [[round(s, 4), round(d, 3)] for s, d in self.measured]}
+
+
+def choose_strength(measure, budget: float, cap: float = 1.0, tries: int = 4, tolerance: float = 0.1
+                    ) -> StrengthChoice:
+    """The largest strength s <= `cap` whose drift `measure(s)` (the probe's change in %, rising with s) is
+    within `budget`, found in at most `tries` measurements: `cap` first, then steps along a power law fitted to
+    the last two points (drift grows about as s^2 on the memories measured), stopping at the first one in
+    [budget x (1 - tolerance), budget]. When no measured strength is within budget, the last step's estimate
+    (unmeasured) is taken."""
+    measured = [(cap, measure(cap))]
+    if measured[0][1] <= budget:
+        return StrengthChoice(cap, measured)
+    exponent = 2.0
+    for _ in range(tries - 1):
+        s, d = measured[-1]
+        guess = s * (budget / d) ** (1.0 / exponent) if d > 0 else s
+        measured.append((guess, measure(guess)))
+        (s0, d0), (s1, d1) = measured[-2], measured[-1]
+        if d1 > 0 and d0 > 0 and abs(s1 - s0) > 1e-6 and d1 != d0:
+            exponent = min(max(math.log(d0 / d1) / math.log(s0 / s1), 0.5), 4.0)
+        if budget * (1.0 - tolerance) <= d1 <= budget:
+            break
+    within = [s for s, d in measured if d <= budget]
+    if within:
+        return StrengthChoice(max(within), measured)
+    s, d = measured[-1]
+    return StrengthChoice(s * (budget / d) ** (1.0 / exponent), measured)
