@@ -269,3 +269,18 @@ def test_update_cosine_compares_the_products_of_the_factors(tmp_path):
     assert cosine.cosines(tmp_path / "one", tmp_path / "opposite")[prefix] == pytest.approx(-1.0)
     want = float(((b @ a) * (b2 @ a2)).sum() / ((b @ a).norm() * (b2 @ a2).norm()))
     assert cosine.cosines(tmp_path / "one", tmp_path / "other")[prefix] == pytest.approx(want, rel=1e-5)
+
+
+def test_drift_probe_fits_wikitext_on_the_tuning_half_and_checks_it_on_the_other():
+    drift_probe = _benchmark("drift_probe")
+
+    def memory(half, pairs):
+        return {"half": half, "scales": {s: {"probe_ppl_pct": p, "wikitext_ppl_pct": w} for s, (p, w) in pairs.items()}}
+
+    fit = drift_probe.fit({"a": memory("tune", {"1": (2.0, 6.0), "0.7": (1.0, 3.0)}),
+                           "b": memory("tune", {"1": (4.0, 12.0)}),
+                           "c": memory("check", {"1": (2.0, 8.0), "0.7": (1.0, 3.0)})})
+    assert fit["c"] == pytest.approx(3.0) and fit["tune"]["mean_abs_error"] == pytest.approx(0.0, abs=1e-9)
+    assert fit["check"]["n"] == 2 and fit["check"]["mean_abs_error"] == pytest.approx(1.0)
+    assert fit["check"]["max_abs_error"] == pytest.approx(2.0) and fit["check"]["ratio_max"] == pytest.approx(4.0)
+    assert fit["tune"]["corr_at_1"] == pytest.approx(1.0) and fit["tune"]["n_at_1"] == 2
