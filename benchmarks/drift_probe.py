@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = json.loads(path.read_text()) if path.is_file() else {}
     n = args.texts or PROBE_TEXTS
     t = time.perf_counter()
-    probe = load_probe(base, workspace.cache_dir("replay"), n, progress=True)
+    probe = load_probe(base, workspace.cache_dir("replay"), n, progress=True, targets=True)
     results["probe"] = {"texts": n, "rows": len(probe.rows), "tokens": sum(len(r) - 1 for r in probe.rows),
                         "base_nll": probe.base_nll, "load_s": time.perf_counter() - t}
     if args.choose is not None:

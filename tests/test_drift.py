@@ -47,6 +47,30 @@ def test_the_base_does_not_drift_from_itself(tiny_model_dir, workspace):
     assert drift_pct(probe, base.model) == pytest.approx(0.0, abs=1e-4)
 
 
+def test_max_drift_measures_the_memory_against_the_plain_base(tmp_path, workspace, tiny_model_dir, monkeypatch):
+    """learn scores the probe with the memory it trained, against the base's NLL without it (as the probe scores
+    the memory once it is saved and loaded again)."""
+    import inweights.drift
+    from inweights.api import load_memory
+
+    monkeypatch.setattr(inweights.drift, "PROBE_TEXTS", 8)
+    base = load_base(str(tiny_model_dir))
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "handbook.md").write_text(HANDBOOK)
+    config = LearnConfig(base=str(tiny_model_dir), synth=SynthConfig(strategies=("facts",)),
+                         train=TrainConfig(epochs=1, replay_sequences=4, lr=5e-3, max_drift=1000.0))
+    version = learn([docs], "m", config, base=base, progress=False)
+    (strength, measured), = version.manifest["drift"]["measured"]
+    probe = load_probe(base, Workspace().cache_dir("replay"))  # the base carries no memory now
+    loaded = load_memory("m", base=base)
+    try:
+        assert strength == 1.0 and measured == pytest.approx(drift_pct(probe, loaded.model), abs=1e-3)
+    finally:
+        loaded.close()
+    assert abs(measured) > 0.01  # the memory moved the tiny model's probe (a memory left out would read 0)
+
+
 def test_max_drift_saves_the_memory_at_the_strength_within_budget(tmp_path, workspace, tiny_model_dir, monkeypatch,
                                                                    capsys):
     """The strength is searched on the trained memory (here a stand-in probe that drifts 8 x s^2 percent: the tiny

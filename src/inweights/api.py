@@ -224,7 +224,8 @@ def train_and_publish(base: Base, train_config, items, n_examples: int, workspac
 def _strength_within(base: Base, workspace: Workspace, method, model, train_config, progress: bool):
     """The strength (at most `train_config.strength`) at which the trained memory moves the drift probe's
     perplexity by at most `max_drift` percent (drift.choose_strength); the model is left at strength 1."""
-    probe = load_probe(base, workspace.cache_dir("replay"), progress=progress)
+    with method.disabled(model):  # the base's own NLL on the probe: the memory must not be in it
+        probe = load_probe(base, workspace.cache_dir("replay"), progress=progress)
     current = [1.0]
 
     def measure(s: float) -> float:

@@ -1,14 +1,17 @@
 """How far a memory moved the base model on general text it never trained on: the drift probe.
 
 The probe is general text the base model wrote itself with a seed no training run's guard uses (the guard samples
-with the run's seed, 0, 1, 2, ...), scored two ways against the base: the rise in its mean per-token NLL, as a
-perplexity change, and the guard's KL (base top-k plus the rest of the vocabulary, `train.soft_kl`). `learn --max-drift` uses it
-to pick the memory's strength: the update is scaled down until the probe's perplexity change is within the
-budget (`choose_strength`); benchmarks/drift_probe.py measured how the probe tracks WikiText-2 perplexity.
+with the run's seed, 0, 1, 2, ...), scored against the base by the rise in its mean per-token NLL, as a perplexity
+change (and, for benchmarks/drift_probe.py, by the guard's KL: base top-k plus the rest of the vocabulary,
+`train.soft_kl`). `learn --max-drift` uses it to pick the memory's strength: the update is scaled down until the
+probe's perplexity change is within the budget (`choose_strength`); benchmarks/drift_probe.py measured how the
+probe tracks WikiText-2 perplexity (about 3 times the probe's change, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +19,7 @@ from pathlib import Path
 import torch
 
 from inweights.guard import replay_rows, replay_targets, replay_texts
+from inweights.store import write_atomic
 from inweights.train import lm_parts, soft_kl
 
 PROBE_TEXTS = 128
@@ -26,29 +30,39 @@ PROBE_SEED = 2**31 - 1
 
 @dataclass(frozen=True)
 class Probe:
-    """The probe's rows (token ids, BOS first) and the base model's top-k targets and NLL on them."""
+    """The probe's rows (token ids, BOS first), the base model's NLL on them, and (when asked for) its top-k
+    targets on them, for the KL."""
 
     rows: list[list[int]]
-    targets: list[tuple[torch.Tensor, torch.Tensor]]
     base_nll: float
+    targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None
 
 
-def load_probe(base, cache_dir: Path, n: int | None = None, progress: bool = False) -> Probe:
-    """The probe for `base` (n texts, default PROBE_TEXTS): its texts and targets are cached like the guard's,
-    written once per base (about n x 1 s on 2 CPU cores with the embedded model; its texts are shipped)."""
+def load_probe(base, cache_dir: Path, n: int | None = None, progress: bool = False, targets: bool = False) -> Probe:
+    """The probe for `base` (n texts, default PROBE_TEXTS), scored by `base.model`, which must carry no memory
+    (detach it, or score inside its method's `disabled`). Its texts and the base's NLL on them are cached like
+    the guard's, once per base (about n x 1 s on 2 CPU cores with the embedded model, whose texts are shipped);
+    with `targets`, the base's top-k targets too (guard.replay_targets), for `score`'s KL."""
     n = PROBE_TEXTS if n is None else n
     texts = replay_texts(base, n, cache_dir, seed=PROBE_SEED, progress=progress)
-    found = replay_targets(base, texts, cache_dir, progress=progress)
-    rows = [row for row, _, _ in found]
-    targets = [(ids, logprobs) for _, ids, logprobs in found]
-    nll, _ = score(base.model, rows, targets)
-    return Probe(rows, targets, nll)
+    rows = replay_rows(base.tokenizer, texts)
+    path = Path(cache_dir) / f"{hashlib.sha256(json.dumps([base.fingerprint, rows]).encode()).hexdigest()}.probe.json"
+    try:
+        base_nll = json.loads(path.read_text())["base_nll"]
+    except (OSError, ValueError, KeyError):
+        base_nll, _ = score(base.model, rows)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps({"base": base.fingerprint, "base_nll": base_nll}))
+    found = [(ids, logprobs) for _, ids, logprobs in replay_targets(base, texts, cache_dir, progress=progress)] \
+        if targets else None
+    return Probe(rows, base_nll, found)
 
 
 @torch.no_grad()
-def score(model, rows: list[list[int]], targets: list[tuple[torch.Tensor, torch.Tensor]],
-          batch_size: int = 16) -> tuple[float, float]:
-    """(mean NLL of each row's own next tokens, mean KL from the base's targets) per position, over `rows`."""
+def score(model, rows: list[list[int]], targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+          batch_size: int = 16) -> tuple[float, float | None]:
+    """(mean NLL of each row's own next tokens, mean KL from the base's `targets` or None without them) per
+    position, over `rows`."""
     was_training = model.training
     model.eval()
     backbone, logits_at = lm_parts(model)
@@ -61,20 +75,22 @@ def score(model, rows: list[list[int]], targets: list[tuple[torch.Tensor, torch.
         ids = torch.tensor([r + [0] * (width - len(r)) for r in batch], device=device)
         mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
         hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-        for row, h, (top_ids, top_logprobs) in zip(batch, hidden, targets[start : start + batch_size]):
+        for i, (row, h) in enumerate(zip(batch, hidden)):
             logprobs = torch.log_softmax(logits_at(h[: len(row) - 1]), dim=-1)
             following = torch.tensor(row[1:], device=device)
             nll -= logprobs.gather(-1, following[:, None]).sum().item()
-            kl += soft_kl(logprobs.gather(-1, top_ids.to(device)), top_logprobs.to(device), tail=True).item()
+            if targets is not None:
+                top_ids, top_logprobs = targets[start + i]
+                kl += soft_kl(logprobs.gather(-1, top_ids.to(device)), top_logprobs.to(device), tail=True).item()
             count += len(row) - 1
     if was_training:
         model.train()
-    return nll / max(count, 1), kl / max(count, 1)
+    return nll / max(count, 1), (kl / max(count, 1) if targets is not None else None)
 
 
 def drift_pct(probe: Probe, model) -> float:
     """The probe's perplexity change under `model` against the base, in percent."""
-    nll, _ = score(model, probe.rows, probe.targets)
+    nll, _ = score(model, probe.rows)
     return 100.0 * (math.exp(nll - probe.base_nll) - 1.0)
 
 
