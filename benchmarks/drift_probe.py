@@ -161,7 +161,7 @@ def report(results: dict) -> str:
         lines += ["", f"Strengths `learn --max-drift {budget}` saves (each measurement: strength, the probe's "
                   "change):",
                   "", "| memory | strength | measured | seconds |", "|---|---|---|---|"]
-        lines += [f"| {folder} | {c['strength']:.3f} | {', '.join(f'{s:.3f}: {d:+.2f}%' for s, d in c['measured'])} | "
+        lines += [f"| {folder} | {c['strength']:.4f} | {', '.join(f'{s:.4f}: {d:+.3f}%' for s, d in c['measured'])} | "
                   f"{c['choose_s']:.0f} |" for folder, c in chosen.items()]
     return "\n".join(lines) + "\n"
 
