@@ -23,7 +23,7 @@ from inweights.store import write_atomic
 from inweights.train import lm_parts, soft_kl
 
 PROBE_TEXTS = 128
-"""General-text samples in the probe (about 7,500 tokens with the embedded model)."""
+"""General-text samples in the probe (8,064 tokens with the embedded model)."""
 PROBE_SEED = 2**31 - 1
 """The probe's sampling seed: the guard's texts use the training seed, so the probe is text no memory trained on."""
 
@@ -46,13 +46,14 @@ def load_probe(base, cache_dir: Path, n: int | None = None, progress: bool = Fal
     n = PROBE_TEXTS if n is None else n
     texts = replay_texts(base, n, cache_dir, seed=PROBE_SEED, progress=progress)
     rows = replay_rows(base.tokenizer, texts)
-    path = Path(cache_dir) / f"{hashlib.sha256(json.dumps([base.fingerprint, rows]).encode()).hexdigest()}.probe.json"
+    key = json.dumps([base.fingerprint, str(base.dtype), rows])  # bfloat16 reads another NLL than float32
+    path = Path(cache_dir) / f"{hashlib.sha256(key.encode()).hexdigest()}.probe.json"
     try:
         base_nll = json.loads(path.read_text())["base_nll"]
     except (OSError, ValueError, KeyError):
         base_nll, _ = score(base.model, rows)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps({"base": base.fingerprint, "base_nll": base_nll}))
+        write_atomic(path, json.dumps({"base": base.fingerprint, "dtype": str(base.dtype), "base_nll": base_nll}))
     found = [(ids, logprobs) for _, ids, logprobs in replay_targets(base, texts, cache_dir, progress=progress)] \
         if targets else None
     return Probe(rows, base_nll, found)
@@ -103,7 +104,7 @@ class StrengthChoice:
 
     def to_dict(self, budget: float) -> dict:
         return {"budget_pct": budget, "strength": round(self.strength, 4),
-                "measured": [[round(s, 4), round(d, 3)] for s, d in self.measured]}
+                "measured": [[round(s, 4), round(d, 4)] for s, d in self.measured]}
 
 
 def choose_strength(measure, budget: float, cap: float = 1.0, tries: int = 4, tolerance: float = 0.1
