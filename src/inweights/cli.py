@@ -285,8 +285,8 @@ def _history(args) -> int:
         changed = (f"  +{len(change['added'])} ~{len(change['changed'])} -{len(change['removed'])} documents"
                    if change else "")
         strength = m.get("strength", m["config"]["train"].get("strength", 1.0))
-        saved = (f"  strength {strength:.3g}" + (f" (drift budget {m['drift']['budget_pct']:g}%)" if "drift" in m else "")
-                 if strength != 1.0 or "drift" in m else "")
+        budget = f" (drift budget {m['drift']['budget_pct']:g}%)" if "drift" in m else ""
+        saved = f"  strength {strength:.3g}{budget}" if strength != 1.0 or budget else ""
         print(f"v{v.version}  {m['created']}  {made}  {len(m['documents'])} documents{changed}  "
               f"{m['synthetic']['examples']} examples  {m['training']['steps']} steps  "
               f"{m['timings'].get('total_s', 0):.0f}s{saved}")
