@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--memories", default="", help="comma-separated result folders (of MEMORIES) for --choose")
     args = parser.parse_args(argv)
 
-    from inweights.drift import PROBE_TEXTS, choose_strength, drift_pct, load_probe, score
+    from inweights.drift import PROBE_TEXTS, load_probe, score, strength_within
+    from inweights.methods import METHODS
     from inweights.models import DEFAULT_BASE, load_base
     from inweights.store import Workspace
 
@@ -71,16 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             t = time.perf_counter()
             with strength.scaled_memory(base, workspace, [workspace.get(stored["memory"])], "1", "lora") as model:
-                current = [1.0]
-
-                def measure(s: float) -> float:
-                    from inweights.methods import METHODS
-
-                    METHODS["lora"].scale(model, s / current[0])
-                    current[0] = s
-                    return drift_pct(probe, model)
-
-                choice = choose_strength(measure, args.choose)
+                choice = strength_within(model, probe, METHODS["lora"].scale, args.choose)
             chosen[folder] = choice.to_dict(args.choose) | {"memory": stored["memory"],
                                                              "choose_s": time.perf_counter() - t}
             print(folder, chosen[folder], flush=True)

@@ -75,7 +75,6 @@ def test_max_drift_saves_the_memory_at_the_strength_within_budget(tmp_path, work
                                                                    capsys):
     """The strength is searched on the trained memory (here a stand-in probe that drifts 8 x s^2 percent: the tiny
     random model's real probe falls as it learns), saved as the adapter's alpha and recorded in the manifest."""
-    import inweights.api
     import inweights.drift
 
     monkeypatch.setattr(inweights.drift, "PROBE_TEXTS", 8)
@@ -86,7 +85,7 @@ def test_max_drift_saves_the_memory_at_the_strength_within_budget(tmp_path, work
         seen.append(s)
         return 8.0 * s * s
 
-    monkeypatch.setattr(inweights.api, "drift_pct", drift)
+    monkeypatch.setattr(inweights.drift, "drift_pct", drift)
     base = load_base(str(tiny_model_dir))
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -26,7 +26,7 @@ from inweights import __version__, distributed
 from inweights.anchor import Anchor
 from inweights.config import LearnConfig, TrainConfig, resolve_train
 from inweights.corpus import chunk_documents, load_corpus
-from inweights.drift import choose_strength, drift_pct, load_probe
+from inweights.drift import load_probe, strength_within
 from inweights.errors import InweightsError
 from inweights.generate import generate
 from inweights.guard import cached_rows, cached_texts, replay_rows, replay_targets, replay_texts
@@ -226,20 +226,8 @@ def _strength_within(base: Base, workspace: Workspace, method, model, train_conf
     perplexity by at most `max_drift` percent (drift.choose_strength); the model is left at strength 1."""
     with method.disabled(model):  # the base's own NLL on the probe: the memory must not be in it
         probe = load_probe(base, workspace.cache_dir("replay"), progress=progress)
-    current = [1.0]
-
-    def measure(s: float) -> float:
-        method.scale(model, s / current[0])
-        current[0] = s
-        pct = drift_pct(probe, model)
-        _say(progress, f"strength {s:.3f}: the drift probe's perplexity {pct:+.2f}% "
-                       f"(budget {train_config.max_drift:g}%)")
-        return pct
-
-    try:
-        return choose_strength(measure, train_config.max_drift, cap=train_config.strength)
-    finally:
-        method.scale(model, 1.0 / current[0])
+    return strength_within(model, probe, method.scale, train_config.max_drift, cap=train_config.strength,
+                           say=lambda message: _say(progress, message))
 
 
 def _train_one(method, base: Base, train_config, items, n_examples: int, run_dir: Path, *,

@@ -20,7 +20,7 @@ import torch
 
 from inweights.guard import replay_rows, replay_targets, replay_texts
 from inweights.store import write_atomic
-from inweights.train import lm_parts, soft_kl
+from inweights.train import IGNORE, pad_rows, completion_terms, validation_loss
 
 PROBE_TEXTS = 128
 """General-text samples in the probe (8,064 tokens with the embedded model)."""
@@ -61,32 +61,28 @@ def load_probe(base, cache_dir: Path, n: int | None = None, progress: bool = Fal
 
 @torch.no_grad()
 def score(model, rows: list[list[int]], targets: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-          batch_size: int = 16) -> tuple[float, float | None]:
+          batch_tokens: int = 512) -> tuple[float, float | None]:
     """(mean NLL of each row's own next tokens, mean KL from the base's `targets` or None without them) per
-    position, over `rows`."""
+    position, over `rows`: train.validation_loss and train.completion_terms, as training scores its rows."""
+    nll = validation_loss(model, [(row, row) for row in rows], 0, batch_tokens)
+    if targets is None:
+        return nll, None
     was_training = model.training
     model.eval()
-    backbone, logits_at = lm_parts(model)
     device = next(model.parameters()).device
-    nll = kl = 0.0
-    count = 0
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        width = max(len(r) for r in batch)
-        ids = torch.tensor([r + [0] * (width - len(r)) for r in batch], device=device)
-        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in batch], device=device)
-        hidden = backbone(input_ids=ids, attention_mask=mask).last_hidden_state
-        for i, (row, h) in enumerate(zip(batch, hidden)):
-            logprobs = torch.log_softmax(logits_at(h[: len(row) - 1]), dim=-1)
-            following = torch.tensor(row[1:], device=device)
-            nll -= logprobs.gather(-1, following[:, None]).sum().item()
-            if targets is not None:
-                top_ids, top_logprobs = targets[start + i]
-                kl += soft_kl(logprobs.gather(-1, top_ids.to(device)), top_logprobs.to(device), tail=True).item()
-            count += len(row) - 1
+    kl, count = 0.0, 0
+    per_batch = max(1, batch_tokens // max(len(row) for row in rows))
+    for start in range(0, len(rows), per_batch):
+        batch = [(row, [IGNORE] * len(row)) for row in rows[start : start + per_batch]]
+        input_ids, labels, mask = (t.to(device) for t in pad_rows(batch, 0))
+        soft = [(i, 0, ids.to(device), logprobs.to(device))
+                for i, (ids, logprobs) in enumerate(targets[start : start + per_batch])]
+        total, scored = completion_terms(model, input_ids, mask, labels, soft, tail=True)
+        kl += float(total)
+        count += scored
     if was_training:
         model.train()
-    return nll / max(count, 1), (kl / max(count, 1) if targets is not None else None)
+    return nll, kl / max(count, 1)
 
 
 def drift_pct(probe: Probe, model) -> float:
@@ -132,3 +128,23 @@ def choose_strength(measure, budget: float, cap: float = 1.0, tries: int = 4, to
         return StrengthChoice(max(within), measured)
     s, d = measured[-1]
     return StrengthChoice(s * (budget / d) ** (1.0 / exponent), measured)
+
+
+def strength_within(model, probe: Probe, scale, budget: float, cap: float = 1.0, say=None) -> StrengthChoice:
+    """`choose_strength` on a model that carries a memory at strength 1, each strength measured by scaling the
+    memory in place with `scale(model, factor)` (a method's `scale`); `say(message)` hears each measurement. The
+    model is left at strength 1."""
+    current = [1.0]
+
+    def measure(s: float) -> float:
+        scale(model, s / current[0])
+        current[0] = s
+        pct = drift_pct(probe, model)
+        if say is not None:
+            say(f"strength {s:.3f}: the drift probe's perplexity {pct:+.2f}% (budget {budget:g}%)")
+        return pct
+
+    try:
+        return choose_strength(measure, budget, cap=cap)
+    finally:
+        scale(model, 1.0 / current[0])

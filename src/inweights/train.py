@@ -325,7 +325,7 @@ def train(model, tokenizer, items: Sequence[tuple], n_examples: int, config,
         # every process must run the forward and backward for the gradients to be averaged.
         mine = batch[rank::world] or batch[:1]
         share = 1.0 if batch[rank::world] else 0.0
-        input_ids, labels, mask = (t.to(device) for t in _pad_rows(mine, pad))
+        input_ids, labels, mask = (t.to(device) for t in pad_rows(mine, pad))
         soft = [(row, item[2][0], item[2][1].to(device), item[2][2].to(device)) for row, item in enumerate(mine)
                 if len(item) > 2 and not isinstance(item[2], str)]
         unlikely = [row for row, item in enumerate(mine) if len(item) > 2 and item[2] == UNLIKELY]
@@ -398,7 +398,7 @@ def validation_loss(model, rows: Sequence[tuple[list[int], list[int]]], pad: int
         while end < len(order) and len(rows[order[end]][0]) * (end - start + 1) <= batch_tokens:
             end += 1
         device = next(model.parameters()).device
-        input_ids, labels, mask = (t.to(device) for t in _pad_rows([rows[i] for i in order[start:end]], pad))
+        input_ids, labels, mask = (t.to(device) for t in pad_rows([rows[i] for i in order[start:end]], pad))
         scored = int((labels[:, 1:] != IGNORE).sum())
         total += completion_loss(model, input_ids, mask, labels).item() * scored
         count += scored
@@ -408,7 +408,7 @@ def validation_loss(model, rows: Sequence[tuple[list[int], list[int]]], pad: int
     return total / max(count, 1)
 
 
-def _pad_rows(batch: Sequence[tuple], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_rows(batch: Sequence[tuple], pad: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Rows of (ids, labels, ...) padded on the right to the longest: input ids, labels, attention mask."""
     width = max(len(row[0]) for row in batch)
     input_ids = torch.tensor([row[0] + [pad] * (width - len(row[0])) for row in batch])
