@@ -76,6 +76,8 @@ KNOBS = {
     "is": ("init_seed", int, "train", "init_seed", "the seed of the memory's start alone (default: sd)"),
     "ss": ("seeds", int, "train", "seeds", "LoRA: memories of seeds seed, seed + 1, ... averaged into one"),
     "ms": ("slots", int, "train", "memory_slots", "memory-layer rows in all, trained or not"),
+    "mg": ("gate", float, "train", "memory_gate", "the memory layer's gate: the quantile of its training reads' "
+                                                  "centroid cosines it keeps reads above (0: off)"),
     "wd": ("decay", float, "train", "weight_decay", "AdamW weight decay of the memory's parameters"),
     "dp": ("dropout", float, "train", "dropout", "LoRA dropout on the adapters' inputs while training"),
     "ta": ("average", float, "train", "average_last", "tail averaging: the weights kept are the mean over this last "
@@ -121,6 +123,7 @@ class Point:
     init_seed: int | None = None  # the seed of the memory's start alone (TrainConfig.init_seed); None: seed
     seeds: int | None = None  # LoRA: seeds averaged into one memory (TrainConfig.seeds); None: its default
     slots: int | None = None  # memory_layer: rows in all (TrainConfig.memory_slots); None: its default
+    gate: float | None = None  # memory_layer: the gate's quantile (TrainConfig.memory_gate); None: its default (off)
     decay: float | None = None  # AdamW weight decay (TrainConfig.weight_decay); None: its default
     average: float | None = None  # the last share of steps averaged (TrainConfig.average_last); None: its default
     dropout: float | None = None  # LoRA dropout (TrainConfig.dropout); None: its default

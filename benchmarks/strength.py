@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     if others and any(p.method != "lora" for p in [point, *others]):
         raise SystemExit("--average-with averages LoRA memories")
     scales = [f"{float(s):g}" for s in args.scales.split(",") if s] + [p for p in args.profiles.split(";") if p]
-    if point.method not in ("lora", "memory_layer") or (point.method != "lora" and args.profiles):
-        raise SystemExit("strength scales a LoRA or memory_layer memory (profiles: LoRA only)")
+    if point.method not in ("lora", "memory_layer"):
+        raise SystemExit("strength scales a LoRA or memory_layer memory")
     for key in scales:
-        check_profile(key)  # a bad profile fails before learning
+        check_profile(key, point.method)  # a bad profile fails before learning
     progress = not args.no_progress
     documents, questions = plane.squad_passages(args.data, args.skip_passages, args.passages)
     base = load_base(DEFAULT_BASE)
@@ -227,10 +227,32 @@ def _kept(workspace, name: str, config):
     return version if learned_with(config, version.manifest["config"]) else None
 
 
-def check_profile(profile: str) -> None:
+def check_profile(profile: str, method: str = "lora") -> None:
     """Exit with the reason when `profile` (a number or profile entries) is not one strength.py can apply."""
+    if method == "memory_layer":
+        memory_layer_profile(profile)
+        return
     profile_factor(profile, "x.layers.0.mlp.up_proj", 1)
     profile_rank(profile)
+
+
+def memory_layer_profile(profile: str) -> tuple[float, float]:
+    """(factor, gate) from a memory-layer profile: a plain number, or comma-separated entries 'gate=Q' (the
+    memory's gate at quantile Q, TrainConfig.memory_gate) and 'scale=F' (its value rows times F)."""
+    try:
+        return float(profile), None
+    except ValueError:
+        pass
+    found = {"scale": 1.0, "gate": None}
+    for entry in profile.split(","):
+        key, _, value = entry.partition("=")
+        try:
+            found[key] = float(value) if key in found else None
+        except ValueError:
+            found[key] = None
+        if found[key] is None or (key == "gate" and not 0 <= found[key] < 1):
+            raise SystemExit(f"memory-layer profile entry {entry!r}: expected gate=Q (0 <= Q < 1) or scale=F")
+    return found["scale"], found["gate"]
 
 
 def profile_rank(profile: str) -> tuple[int | None, int] | None:
@@ -319,6 +341,12 @@ def _apply(model, profile: str, method: str) -> None:
     from inweights.methods import METHODS
     from inweights.methods.lora import decoder_layers, truncate
 
+    if method == "memory_layer":
+        factor, gate = memory_layer_profile(profile)
+        METHODS[method].scale(model, factor)
+        if gate is not None:
+            METHODS[method].set_gate(model, gate)
+        return
     try:
         factor = float(profile)
     except ValueError:

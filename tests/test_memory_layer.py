@@ -209,3 +209,45 @@ def test_the_memory_goes_beside_the_layer_the_config_names(method, base):
         method.attach(base.model, config(layers=(7,)))
     with pytest.raises(ValueError, match="one layer for memory_layer"):
         config(layers=(0, 1))
+
+
+def test_the_gate_keeps_reads_like_the_training_queries_and_survives_save_load(method, base, tmp_path):
+    tok = base.tokenizer
+    items = qa_items(tok)
+    cfg = config(memory_trainable_rows=32, epochs=5, lr=5e-2)
+    model = method.attach(base.model, cfg)
+    try:
+        method.prepare(model, items, [])
+        memory = wrapper(model).memory
+        assert memory.centroids.shape == (32, memory.query.shape[1])
+        read = memory.centroids.norm(dim=-1) > 0
+        assert read.any() and torch.allclose(memory.centroids[read].norm(dim=-1), torch.ones(int(read.sum())))
+        table = memory.gate_table
+        assert len(table) == 101 and table == sorted(table) and table[-1] <= 1 + 1e-6
+        train(model, tok, items, len(items), cfg, tmp_path / "run", progress=False)
+        open_ = logits(model, tok, COMMON)
+        method.set_gate(model, 0.5)
+        assert memory.threshold() == pytest.approx(table[50])
+        half = logits(model, tok, COMMON)
+        method.set_gate(model, 0.99)
+        shut = logits(model, tok, COMMON)
+        with method.disabled(model):
+            plain = logits(model, tok, COMMON)
+        # a higher gate keeps fewer reads: the output moves toward the base's, never away from it
+        assert (shut - plain).abs().sum() <= (half - plain).abs().sum() <= (open_ - plain).abs().sum()
+        assert not torch.equal(open_, half)
+        method.set_gate(model, 0.5)
+        method.save(model, tmp_path)
+        saved = json.loads((tmp_path / "memory_layer_config.json").read_text())
+        assert saved["gate"] == 0.5 and saved["gate_table"] == table
+    finally:
+        base_model = method.detach(model)
+    loaded = method.load(base_model, tmp_path)
+    try:
+        assert torch.equal(logits(loaded, tok, COMMON), half)
+        method.set_gate(loaded, 0.0)
+        assert torch.equal(logits(loaded, tok, COMMON), open_)
+    finally:
+        method.detach(loaded)
+    with pytest.raises(ValueError, match="memory_gate"):
+        TrainConfig(memory_gate=0.1)  # LoRA has no gate

@@ -220,6 +220,16 @@ def test_a_profile_rank_entry_truncates_and_is_no_factor():
             strength.profile_rank(bad)
 
 
+def test_a_memory_layer_profile_gates_and_scales():
+    assert strength.memory_layer_profile("0.7") == (0.7, None)
+    assert strength.memory_layer_profile("gate=0.1") == (1.0, 0.1)
+    assert strength.memory_layer_profile("scale=0.5,gate=0") == (0.5, 0.0)
+    assert plane._parse("memory_layer-sft-guard-facts-all-at15-mg0.1").train_config().memory_gate == 0.1
+    for bad in ("gate=1", "gate=x", "mlp=0.5", "gate"):
+        with pytest.raises(SystemExit, match="gate=Q"):
+            strength.check_profile(bad, "memory_layer")
+
+
 def _strength_results(folder: Path, point: str, rows: dict, gold: bool = True) -> None:
     """A strength.json; rows: scale -> (ppl %, EM gap, p(gold)), without p(gold) where `gold` is False."""
     scales = {s: {"wikitext_ppl_pct": ppl, "gap_recovered": em} | ({"gold": {"p_gold": p}} if gold else {})

@@ -138,6 +138,9 @@ class TrainConfig:
     """memory_layer: rows each token reads."""
     memory_trainable_rows: int = 2048
     """memory_layer: rows trained, those read most specifically by the new data (TF-IDF against general text)."""
+    memory_gate: float = 0.0
+    """memory_layer: a read of a trained row counts only where the query is at least as close to that row's
+    training queries (their mean direction) as this quantile of the training's own reads; 0 (default) is off."""
     lr: float | None = None
     """Peak learning rate (AdamW, linear warm-up then cosine decay); None: the method's own default (LoRA 5e-4)."""
     weight_decay: float = 0.0
@@ -258,6 +261,8 @@ class TrainConfig:
                              "documents (replay_fraction + warmup_fraction < 0.9)")
         if min(self.prefix_tokens, self.memory_slots, self.memory_topk, self.memory_trainable_rows) < 1:
             raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
+        if not 0.0 <= self.memory_gate < 1.0 or (self.memory_gate and self.method != "memory_layer"):
+            raise ValueError("memory_gate must be in [0, 1), and 0 for methods other than memory_layer")
         if not 0.0 <= self.holdout < 0.5 or self.patience < 1 or (self.exposures is not None and self.exposures < 1):
             raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
         if not 0.0 <= self.average_last < 1.0 or (self.average_last and self.holdout):

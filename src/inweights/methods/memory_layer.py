@@ -23,8 +23,13 @@ slots degrades to the flat lookup).
   sequences (plain tf without replay). The top `memory_trainable_rows` are a small Parameter beside an index
   buffer; every other row is a constant zero that no optimizer state or weight decay touches, and the full
   slots x hidden table never exists. `prepare` is deterministic, so a resumed run trains the same rows.
-- Saved: the non-zero trained rows, their slots, the query projection, centre and sub-keys (exact whatever
-  torch's generator does) and a small JSON config.
+- Saved: the non-zero trained rows, their slots and centroids (the gate's, below), the query projection, centre
+  and sub-keys (exact whatever torch's generator does) and a small JSON config.
+- Gate (`TrainConfig.memory_gate`, off by default): the random keys cannot tell a state the memory was trained on
+  from general text that lands on the same rows by chance. `prepare` also keeps, for each trained row, the
+  mean direction of the training queries that read it (its centroid), and with the gate on a read of a trained row
+  counts only where the query's cosine to that centroid is at least the `memory_gate` quantile of the training
+  reads' own cosines (0.1: the tenth of the training's reads least like their row's centroid would be dropped).
 - Precision: the memory's rows, keys and projection are float32 whatever the base's dtype; it reads the MLP's
   input in float32 and its output is cast to the MLP's dtype where the two are summed.
 
@@ -74,6 +79,9 @@ class SparseMemory(nn.Module):
         self.rows = nn.Parameter(torch.zeros(min(n_rows, slots), hidden, dtype=fp32))
         self.register_buffer("row_index", torch.zeros(0, dtype=torch.long))
         self.register_buffer("slot_row", torch.zeros(0, dtype=torch.long))
+        self.register_buffer("centroids", torch.zeros(0, 2 * half, dtype=fp32))  # set by `prepare` (the gate)
+        self.gate_table: list[float] = []  # quantiles 0, 0.01, ..., 1 of the training reads' centroid cosines
+        self.gate = 0.0  # the quantile the gate keeps reads above; 0: off
         self.select(torch.arange(self.rows.shape[0]))  # a placeholder until `prepare` chooses
 
     def select(self, row_index: torch.Tensor) -> None:
@@ -91,9 +99,14 @@ class SparseMemory(nn.Module):
         self.query.copy_(raw / std.to(raw)[:, None])
         self.center.copy_((mean.to(raw) / std.to(raw)) @ raw)
 
-    def lookup(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Slots read by each position of x (..., hidden): indices and softmax weights, both (..., topk)."""
-        qa, qb = F.normalize((x.float() @ self.query - self.center).unflatten(-1, (2, -1)), dim=-1).unbind(-2)
+    def directions(self, x: torch.Tensor) -> torch.Tensor:
+        """The query of each position of x (..., hidden) as its two unit halves, (..., 2, hidden // 2)."""
+        return F.normalize((x.float() @ self.query - self.center).unflatten(-1, (2, -1)), dim=-1)
+
+    def lookup(self, x: torch.Tensor, q: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Slots read by each position of x (..., hidden): indices and softmax weights, both (..., topk). `q`:
+        the positions' `directions`, where already computed."""
+        qa, qb = (self.directions(x) if q is None else q).unbind(-2)
         sa, ia = (qa @ self.keys_a.T).topk(min(self.topk, self.n_a), dim=-1)
         sb, ib = (qb @ self.keys_b.T).topk(min(self.topk, self.n_b), dim=-1)
         scores = (sa.unsqueeze(-1) + sb.unsqueeze(-2)).flatten(-2)
@@ -102,11 +115,56 @@ class SparseMemory(nn.Module):
         return slots.gather(-1, pick), torch.softmax(best * self.temperature, dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        slots, weights = self.lookup(x)
+        q = self.directions(x)
+        slots, weights = self.lookup(x, q)
         table = torch.cat([self.rows, self.rows.new_zeros(1, self.hidden)])  # last row: every untrained slot
-        rows = self.slot_row[slots].flatten(0, -2)
-        out = F.embedding_bag(rows, table, per_sample_weights=weights.flatten(0, -2).to(table.dtype), mode="sum")
+        rows, weights = self.slot_row[slots].flatten(0, -2), weights.flatten(0, -2)
+        if self.gate > 0:
+            weights = weights * (self.trained_cosines(q.flatten(0, -3), rows) >= self.threshold())
+        out = F.embedding_bag(rows, table, per_sample_weights=weights.to(table.dtype), mode="sum")
         return out.unflatten(0, x.shape[:-1]).to(x.dtype)
+
+    def trained_cosines(self, q: torch.Tensor, rows: torch.Tensor, chunk: int = 16384) -> torch.Tensor:
+        """For reads `rows` (positions, topk; len(self.rows) where untrained) by positions with directions q
+        (positions, 2, half): the cosine of each position's query to the read row's centroid; +inf where the row
+        is untrained (nothing to gate: its value is zero)."""
+        out = torch.full(rows.shape, math.inf, device=rows.device)
+        flat = q.flatten(-2) / math.sqrt(2.0)  # both halves are unit vectors: the whole query has norm sqrt(2)
+        pos, k = (rows < len(self.rows)).nonzero(as_tuple=True)
+        for lo in range(0, len(pos), chunk):  # a batch reads many trained rows: bounded memory
+            p, j = pos[lo : lo + chunk], k[lo : lo + chunk]
+            out[p, j] = (flat[p] * self.centroids[rows[p, j]]).sum(-1)
+        return out
+
+    def threshold(self) -> float:
+        """The cosine below which the gate drops a read: the `gate` quantile of the training reads' cosines."""
+        if not self.gate_table:
+            raise ValueError("this memory has no centroids (learned before the gate existed): it cannot be gated")
+        at = self.gate * (len(self.gate_table) - 1)
+        lo = min(int(at), len(self.gate_table) - 2)
+        return self.gate_table[lo] + (at - lo) * (self.gate_table[lo + 1] - self.gate_table[lo])
+
+    @torch.no_grad()
+    def fit_centroids(self, states: list[torch.Tensor]) -> None:
+        """Each trained row's centroid: the unit mean of the queries (unit length, weighted by their read weight)
+        of the positions in `states` (each (n, hidden)) that read it; and the quantiles of those reads' cosines
+        to their rows' centroids, which `gate` picks its threshold from."""
+        total = torch.zeros(len(self.rows), self.query.shape[1], dtype=torch.float64, device=self.rows.device)
+        for x in states:
+            q = self.directions(x)
+            slots, weights = self.lookup(x, q)
+            rows, flat = self.slot_row[slots], q.flatten(-2) / math.sqrt(2.0)
+            trained = rows < len(self.rows)
+            pos = trained.nonzero(as_tuple=True)[0]
+            total.index_add_(0, rows[trained], (weights[trained][:, None] * flat[pos]).double())
+        self.centroids = F.normalize(total.float(), dim=-1)
+        cosines = [c[c.isfinite()] for x in states
+                   for c in [self.trained_cosines(self.directions(x), self.slot_row[self.lookup(x)[0]])]]
+        cosines = torch.cat(cosines) if cosines else torch.zeros(0)
+        if len(cosines):
+            self.gate_table = [round(float(v), 6) for v in torch.quantile(
+                cosines[torch.randperm(len(cosines), generator=torch.Generator().manual_seed(0))[:1_000_000]]
+                .double().cpu(), torch.linspace(0, 1, 101, dtype=torch.float64))]
 
 
 def floored_std(std: torch.Tensor) -> torch.Tensor:
@@ -196,6 +254,7 @@ class MemoryLayer:
         _install(model, layer, memory).base_flags = flags
         model.requires_grad_(False)
         memory.rows.requires_grad_(True)
+        memory.gate = config.memory_gate  # applies once `prepare` has fitted the centroids
         return model
 
     @torch.no_grad()
@@ -221,6 +280,7 @@ class MemoryLayer:
             score = score * torch.log((1.0 + len(replay_ids)) / (1.0 + df))
         order = torch.argsort(-score, stable=True)  # ties go to the lower slot: the same data, the same rows
         memory.select(order[: memory.rows.shape[0]].sort().values)
+        memory.fit_centroids(states)
 
     @torch.no_grad()
     def read_counts(self, model, sequences, batch_tokens: int = 4096, per_sequence: bool = False,
@@ -235,6 +295,14 @@ class MemoryLayer:
                 counts += torch.bincount(row.flatten(), minlength=memory.slots).cpu()
         return counts
 
+    @staticmethod
+    def set_gate(model, quantile: float) -> None:
+        """Gate the attached memory's reads at this quantile of its training reads' centroid cosines (0: off)."""
+        memory = _wrapper(model).memory
+        if quantile and not memory.gate_table:
+            raise ValueError("this memory has no centroids (learned before the gate existed): it cannot be gated")
+        memory.gate = quantile
+
     @torch.no_grad()
     def scale(self, model, factor: float) -> None:
         """Multiply the update by `factor`, in place: the values start at zero, so the trained rows are the
@@ -247,9 +315,12 @@ class MemoryLayer:
         keep = memory.rows.detach().abs().amax(-1) > 0  # rows the data never reached are still zero: not stored
         tensors = {"rows": memory.rows.detach()[keep].float(), "row_index": memory.row_index[keep]}
         tensors |= {name: getattr(memory, name) for name in ("query", "center", "keys_a", "keys_b")}
+        if len(memory.centroids):
+            tensors["centroids"] = memory.centroids[keep]
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(Path(directory) / WEIGHTS))
         config = {"layer": wrapper.layer, "slots": memory.slots, "topk": memory.topk, "hidden": memory.hidden,
-                  "seed": memory.seed, "trainable_rows": memory.rows.shape[0], "stored_rows": int(keep.sum())}
+                  "seed": memory.seed, "trainable_rows": memory.rows.shape[0], "stored_rows": int(keep.sum()),
+                  "gate": memory.gate, "gate_table": memory.gate_table}
         (Path(directory) / CONFIG).write_text(json.dumps(config, indent=2))
 
     def load(self, model, directory: Path):
@@ -259,6 +330,9 @@ class MemoryLayer:
                               config["seed"])
         for name in ("query", "center", "keys_a", "keys_b", "rows"):  # saved, not regenerated: exact on any torch
             getattr(memory, name).data.copy_(tensors[name])
+        if "centroids" in tensors:  # memories saved before the gate have none
+            memory.centroids = tensors["centroids"]
+        memory.gate_table, memory.gate = config.get("gate_table", []), config.get("gate", 0.0)
         memory.select(tensors["row_index"])
         memory.rows.requires_grad_(False)
         _install(model, config["layer"], memory)
