@@ -8,7 +8,8 @@ the `topk` best sums give the rows read, mixed by a softmax of their scores (pro
 slots for 2 x sqrt(slots) comparisons, where a flat lookup over 65k keys costs ~10x the MLP; a prime number of
 slots degrades to the flat lookup).
 
-- Values start at zero: attached, the memory is exactly a no-op. No gate (on zero values it gets no gradient).
+- Values start at zero: attached, the memory is exactly a no-op. No trained gate (on zero values it would get
+  no gradient; the gate below is fixed by the data).
 - Mid-layer states share a large common direction, and a few of their dimensions vary ten times more than the
   median one; a random projection of raw states sends every token to the same hub rows. So `prepare` first
   standardises the memory's input (each dimension centred and scaled by its mean and standard deviation over
