@@ -55,6 +55,7 @@ from torch import nn
 from inweights.train import IGNORE
 
 WEIGHTS, CONFIG = "memory_layer.safetensors", "memory_layer_config.json"
+NO_CENTROIDS = "this memory has no centroids (learned before the gate existed): it cannot be gated"
 
 
 class _Stop(Exception):
@@ -140,7 +141,7 @@ class SparseMemory(nn.Module):
     def threshold(self) -> float:
         """The cosine below which the gate drops a read: the `gate` quantile of the training reads' cosines."""
         if not self.gate_table:
-            raise ValueError("this memory has no centroids (learned before the gate existed): it cannot be gated")
+            raise ValueError(NO_CENTROIDS)
         at = self.gate * (len(self.gate_table) - 1)
         lo = min(int(at), len(self.gate_table) - 2)
         return self.gate_table[lo] + (at - lo) * (self.gate_table[lo + 1] - self.gate_table[lo])
@@ -151,6 +152,7 @@ class SparseMemory(nn.Module):
         of the positions in `states` (each (n, hidden)) that read it; and the quantiles of those reads' cosines
         to their rows' centroids, which `gate` picks its threshold from."""
         total = torch.zeros(len(self.rows), self.query.shape[1], dtype=torch.float64, device=self.rows.device)
+        reads = []  # (directions, rows read) per batch of states: the cosines below need the finished centroids
         for x in states:
             q = self.directions(x)
             slots, weights = self.lookup(x, q)
@@ -158,9 +160,9 @@ class SparseMemory(nn.Module):
             trained = rows < len(self.rows)
             pos = trained.nonzero(as_tuple=True)[0]
             total.index_add_(0, rows[trained], (weights[trained][:, None] * flat[pos]).double())
+            reads.append((q, rows))
         self.centroids = F.normalize(total.float(), dim=-1)
-        cosines = [c[c.isfinite()] for x in states
-                   for c in [self.trained_cosines(self.directions(x), self.slot_row[self.lookup(x)[0]])]]
+        cosines = [c[c.isfinite()] for q, rows in reads for c in [self.trained_cosines(q, rows)]]
         cosines = torch.cat(cosines) if cosines else torch.zeros(0)
         if len(cosines):
             self.gate_table = [round(float(v), 6) for v in torch.quantile(
@@ -301,7 +303,7 @@ class MemoryLayer:
         """Gate the attached memory's reads at this quantile of its training reads' centroid cosines (0: off)."""
         memory = _wrapper(model).memory
         if quantile and not memory.gate_table:
-            raise ValueError("this memory has no centroids (learned before the gate existed): it cannot be gated")
+            raise ValueError(NO_CENTROIDS)
         memory.gate = quantile
 
     @torch.no_grad()
