@@ -236,7 +236,7 @@ def check_profile(profile: str, method: str = "lora") -> None:
     profile_rank(profile)
 
 
-def memory_layer_profile(profile: str) -> tuple[float, float]:
+def memory_layer_profile(profile: str) -> tuple[float, float | None]:
     """(factor, gate) from a memory-layer profile: a plain number, or comma-separated entries 'gate=Q' (the
     memory's gate at quantile Q, TrainConfig.memory_gate) and 'scale=F' (its value rows times F)."""
     try:
