@@ -78,6 +78,9 @@ KNOBS = {
     "ms": ("slots", int, "train", "memory_slots", "memory-layer rows in all, trained or not"),
     "mg": ("gate", float, "train", "memory_gate", "the memory layer's gate: the quantile of its training reads' "
                                                   "centroid cosines it keeps reads above (0: off)"),
+    "mc": ("gate_contrast", float, "train", "memory_gate_contrast", "the memory layer's gate cut row by row where "
+                                                                    "the guard's text reads: the share of training "
+                                                                    "reads it may drop (0: off)"),
     "wd": ("decay", float, "train", "weight_decay", "AdamW weight decay of the memory's parameters"),
     "dp": ("dropout", float, "train", "dropout", "LoRA dropout on the adapters' inputs while training"),
     "ta": ("average", float, "train", "average_last", "tail averaging: the weights kept are the mean over this last "
@@ -124,6 +127,7 @@ class Point:
     seeds: int | None = None  # LoRA: seeds averaged into one memory (TrainConfig.seeds); None: its default
     slots: int | None = None  # memory_layer: rows in all (TrainConfig.memory_slots); None: its default
     gate: float | None = None  # memory_layer: the gate's quantile (TrainConfig.memory_gate); None: its default (off)
+    gate_contrast: float | None = None  # memory_layer: TrainConfig.memory_gate_contrast; None: its default (off)
     decay: float | None = None  # AdamW weight decay (TrainConfig.weight_decay); None: its default
     average: float | None = None  # the last share of steps averaged (TrainConfig.average_last); None: its default
     dropout: float | None = None  # LoRA dropout (TrainConfig.dropout); None: its default

@@ -236,23 +236,26 @@ def check_profile(profile: str, method: str = "lora") -> None:
     profile_rank(profile)
 
 
-def memory_layer_profile(profile: str) -> tuple[float, float | None]:
-    """(factor, gate) from a memory-layer profile: a plain number, or comma-separated entries 'gate=Q' (the
-    memory's gate at quantile Q, TrainConfig.memory_gate) and 'scale=F' (its value rows times F)."""
+def memory_layer_profile(profile: str) -> tuple[float, float | None, float | None]:
+    """(factor, gate, contrast) from a memory-layer profile: a plain number, or comma-separated entries 'gate=Q'
+    (the memory's gate at quantile Q of its training reads' cosines: TrainConfig.memory_gate), 'cgate=S' (cut
+    row by row where the guard's general text reads the row, dropping the share S of the training reads:
+    SparseMemory.contrast_cuts; with gate=Q too, the higher cut) and 'scale=F' (its value rows times F)."""
     try:
-        return float(profile), None
+        return float(profile), None, None
     except ValueError:
         pass
-    found = {"scale": 1.0, "gate": None}
+    found = {"scale": 1.0, "gate": None, "cgate": None}
     for entry in profile.split(","):
         key, _, value = entry.partition("=")
         try:
             found[key] = float(value) if key in found else None
         except ValueError:
             found[key] = None
-        if found[key] is None or (key == "gate" and not 0 <= found[key] < 1):
-            raise SystemExit(f"memory-layer profile entry {entry!r}: expected gate=Q (0 <= Q < 1) or scale=F")
-    return found["scale"], found["gate"]
+        if found[key] is None or (key.endswith("gate") and not 0 <= found[key] < 1):
+            raise SystemExit(f"memory-layer profile entry {entry!r}: expected gate=Q or cgate=S (in [0, 1)) "
+                             "or scale=F")
+    return found["scale"], found["gate"], found["cgate"]
 
 
 def profile_rank(profile: str) -> tuple[int | None, int] | None:
@@ -342,10 +345,10 @@ def _apply(model, profile: str, method: str) -> None:
     from inweights.methods.lora import decoder_layers, truncate
 
     if method == "memory_layer":
-        factor, gate = memory_layer_profile(profile)
+        factor, gate, contrast = memory_layer_profile(profile)
         METHODS[method].scale(model, factor)
-        if gate is not None:
-            METHODS[method].set_gate(model, gate)
+        if gate is not None or contrast is not None:
+            METHODS[method].set_gate(model, gate or 0.0, contrast or 0.0)
         return
     try:
         factor = float(profile)

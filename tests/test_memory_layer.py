@@ -102,6 +102,39 @@ def test_standardised_queries_spread_states_that_share_a_dominant_direction():
     assert shared(memory) < raw / 3
 
 
+def test_contrast_cuts_drop_at_most_the_share_asked_and_block_more_general_reads_as_it_grows():
+    """`fit_contrast`'s candidates count what a cut drops, as the gate itself would; the cuts `contrast_cuts`
+    picks drop no more than the share of training reads asked, and block more general reads for a larger share."""
+    torch.manual_seed(0)
+    train = [torch.randn(400, 32) + 2 * torch.randn(1, 32) for _ in range(3)]  # clustered: rows differ
+    general = [torch.randn(300, 32) for _ in range(2)]
+    memory = SparseMemory(hidden=32, slots=256, topk=4, n_rows=24)
+    memory.standardise(torch.cat(train).mean(0), torch.cat(train).std(0))
+    memory.select(torch.bincount(memory.lookup(torch.cat(train))[0].flatten(), minlength=256).argsort()[-24:])
+    memory.fit_centroids(train)
+    memory.fit_contrast(train, iter(general))
+
+    def reads(states):  # (row, cosine) of every read of a trained row
+        q = memory.directions(states)
+        rows = memory.slot_row[memory.lookup(states, q)[0]]
+        cosines = memory.trained_cosines(q, rows)
+        return rows[cosines.isfinite()], cosines[cosines.isfinite()]
+
+    (tr, tc), (gr, gc) = reads(torch.cat(train)), reads(torch.cat(general))
+    assert memory.contrast_reads == len(tr) and len(memory.contrast["row"]) == len(gr)
+    for i in range(0, len(gr), 7):  # a candidate's counts: what its cut would drop, counted directly
+        row, cut = memory.contrast["row"][i], memory.contrast["cut"][i]
+        assert memory.contrast["dropped"][i] == int(((tr == row) & (tc < cut)).sum())
+        assert memory.contrast["blocked"][i] == int(((gr == row) & (gc < cut)).sum()) >= 1
+    blocked = []
+    for share in (0.0, 0.05, 0.2, 0.5):
+        cuts = memory.contrast_cuts(share)
+        assert int((tc < cuts[tr]).sum()) <= share * len(tr)
+        blocked.append(int((gc < cuts[gr]).sum()))
+    assert blocked[0] > 0  # a cut below every training read of its row drops nothing
+    assert blocked == sorted(blocked) and blocked[-1] > blocked[0]
+
+
 def test_training_rows_count_reads_where_the_loss_is():
     """tf counts reads at the positions that predict a labelled (or soft-target) token, not the shared prompt."""
     assert _scored(([2, 5, 6, 7, 8], [-100, -100, -100, 7, 8])) == [0, 0, 1, 1, 0]
@@ -251,3 +284,53 @@ def test_the_gate_keeps_reads_like_the_training_queries_and_survives_save_load(m
         method.detach(loaded)
     with pytest.raises(ValueError, match="memory_gate"):
         TrainConfig(memory_gate=0.1)  # LoRA has no gate
+
+
+def test_the_gate_cut_row_by_row_against_general_text_survives_save_load(method, base, tmp_path):
+    tok = base.tokenizer
+    items = qa_items(tok)
+    texts = (COMMON, "A quiet morning in the harbour town, with rain.", "Who founded the old bridge company?")
+    cfg = config(memory_trainable_rows=32, epochs=5, lr=5e-2)
+    model = method.attach(base.model, cfg)
+    try:
+        method.prepare(model, items, [])
+        with pytest.raises(ValueError, match="no contrast"):
+            method.set_gate(model, 0.0, contrast=0.1)
+        method.prepare(model, items, [(tok(text)["input_ids"],) for text in texts])
+        train(model, tok, items, len(items), cfg, tmp_path / "run", progress=False)
+        method.set_gate(model, 0.0, contrast=0.2)
+        memory = wrapper(model).memory
+        cuts = memory.cuts()
+        assert cuts.isfinite().any()  # the general text read some trained row: it is cut there
+        gated = [logits(model, tok, text) for text in (SPECIFIC, *texts)]
+        method.save(model, tmp_path)
+        stored = memory.rows.detach().abs().amax(-1) > 0
+    finally:
+        base_model = method.detach(model)
+    loaded = method.load(base_model, tmp_path)
+    try:
+        memory = wrapper(loaded).memory
+        assert memory.gate_contrast == 0.2 and torch.equal(memory.cuts()[:-1], cuts[:-1][stored])
+        assert all(torch.equal(logits(loaded, tok, text), g) for text, g in zip((SPECIFIC, *texts), gated))
+        method.set_gate(loaded, 0.3, contrast=0.0)  # the one cosine for every row
+        one = memory.cuts()
+        assert torch.equal(one[:-1], torch.full_like(one[:-1], memory.threshold()))
+        method.set_gate(loaded, 0.3, contrast=0.2)  # both: the higher cut of each row
+        assert torch.equal(memory.cuts(), torch.maximum(one, cuts[torch.cat([stored, torch.tensor([True])])]))
+        with pytest.raises(ValueError, match="in \\[0, 1\\)"):
+            method.set_gate(loaded, 0.0, contrast=1.0)
+    finally:
+        method.detach(loaded)
+
+
+def test_learn_gates_row_by_row_against_the_guards_text(method, tmp_path, workspace, tiny_model_dir, base):
+    version = learn_handbook(tmp_path, tiny_model_dir, base, "m", memory_gate=0.1, memory_gate_contrast=0.2)
+    saved = json.loads((version.path / "memory_layer_config.json").read_text())
+    assert saved["gate"] == 0.1 and saved["gate_contrast"] == 0.2 and saved["contrast_reads"] > 0
+    assert "contrast_cut" in load_file(version.path / "memory_layer.safetensors")
+    assert isinstance(ask("m", "Who founded Fjordlight Instruments?", base=base), str)
+    for bad in ({"memory_gate_contrast": 0.1, "replay_fraction": 0.0}, {"memory_gate_contrast": 1.0}):
+        with pytest.raises(ValueError, match="memory_gate_contrast"):
+            TrainConfig(method="memory_layer", **bad)
+    with pytest.raises(ValueError, match="memory_gate_contrast"):
+        TrainConfig(memory_gate_contrast=0.1)  # LoRA has no gate

@@ -221,12 +221,14 @@ def test_a_profile_rank_entry_truncates_and_is_no_factor():
 
 
 def test_a_memory_layer_profile_gates_and_scales():
-    assert strength.memory_layer_profile("0.7") == (0.7, None)
-    assert strength.memory_layer_profile("gate=0.1") == (1.0, 0.1)
-    assert strength.memory_layer_profile("scale=0.5,gate=0") == (0.5, 0.0)
+    assert strength.memory_layer_profile("0.7") == (0.7, None, None)
+    assert strength.memory_layer_profile("gate=0.1") == (1.0, 0.1, None)
+    assert strength.memory_layer_profile("scale=0.5,gate=0") == (0.5, 0.0, None)
+    assert strength.memory_layer_profile("cgate=0.2,gate=0.1") == (1.0, 0.1, 0.2)
     assert plane._parse("memory_layer-sft-guard-facts-all-at15-mg0.1").train_config().memory_gate == 0.1
-    for bad in ("gate=1", "gate=x", "mlp=0.5", "gate"):
-        with pytest.raises(SystemExit, match="gate=Q"):
+    assert plane._parse("memory_layer-sft-guard-facts-all-at15-mc0.1").train_config().memory_gate_contrast == 0.1
+    for bad in ("gate=1", "cgate=1", "gate=x", "mlp=0.5", "gate"):
+        with pytest.raises(SystemExit, match="gate=Q or cgate=S"):
             strength.check_profile(bad, "memory_layer")
 
 

@@ -419,7 +419,7 @@ def _quiet_rows(base: Base, train_config, synth_config, workspace: Workspace, ca
 
 
 _SHAPE = ("method", "objective", "rank", "alpha", "target_modules", "tinylora_u", "prefix_tokens", "memory_slots",
-          "memory_topk", "memory_trainable_rows", "memory_gate", "strength", "max_drift")
+          "memory_topk", "memory_trainable_rows", "memory_gate", "memory_gate_contrast", "strength", "max_drift")
 
 
 def full_relearn_reason(parent: MemoryVersion | None, config: LearnConfig, base: Base) -> str | None:

@@ -141,6 +141,10 @@ class TrainConfig:
     memory_gate: float = 0.0
     """memory_layer: a read of a trained row counts only where the query is at least as close to that row's
     training queries (their mean direction) as this quantile of the training's own reads; 0 (default) is off."""
+    memory_gate_contrast: float = 0.0
+    """memory_layer: also cut each trained row's reads where the guard's general text reads it (below that text's
+    cosines to the row), so that at most this share of the training's reads is dropped; with memory_gate too, the
+    higher cut counts. Needs the guard (replay_fraction > 0); 0 (default) is off."""
     lr: float | None = None
     """Peak learning rate (AdamW, linear warm-up then cosine decay); None: the method's own default (LoRA 5e-4)."""
     weight_decay: float = 0.0
@@ -263,6 +267,10 @@ class TrainConfig:
             raise ValueError("prefix_tokens and the memory_* sizes must be at least 1")
         if not 0.0 <= self.memory_gate < 1.0 or (self.memory_gate and self.method != "memory_layer"):
             raise ValueError("memory_gate must be in [0, 1), and 0 for methods other than memory_layer")
+        if not 0.0 <= self.memory_gate_contrast < 1.0 or (self.memory_gate_contrast and (
+                self.method != "memory_layer" or not self.replay_fraction)):
+            raise ValueError("memory_gate_contrast must be in [0, 1), and 0 for methods other than memory_layer "
+                             "and without the guard's general text (replay_fraction 0)")
         if not 0.0 <= self.holdout < 0.5 or self.patience < 1 or (self.exposures is not None and self.exposures < 1):
             raise ValueError("need 0 <= holdout < 0.5, patience >= 1 and exposures >= 1")
         if not 0.0 <= self.average_last < 1.0 or (self.average_last and self.holdout):

@@ -26,11 +26,15 @@ slots degrades to the flat lookup).
   slots x hidden table never exists. `prepare` is deterministic, so a resumed run trains the same rows.
 - Saved: the non-zero trained rows, their slots and centroids (the gate's, below), the query projection, centre
   and sub-keys (exact whatever torch's generator does) and a small JSON config.
-- Gate (`TrainConfig.memory_gate`, off by default): the random keys cannot tell a state the memory was trained on
-  from general text that lands on the same rows by chance. `prepare` also keeps, for each trained row, the
-  mean direction of the training queries that read it (its centroid), and with the gate on a read of a trained row
-  counts only where the query's cosine to that centroid is at least the `memory_gate` quantile of the training
-  reads' own cosines (0.1: the tenth of the training's reads least like their row's centroid would be dropped).
+- Gate (`TrainConfig.memory_gate` and `memory_gate_contrast`, both off by default): the random keys cannot tell a
+  state the memory was trained on from general text that lands on the same rows by chance. `prepare` also keeps, for
+  each trained row, the mean direction of the training queries that read it (its centroid), and with the gate on a
+  read of a trained row counts only where the query's cosine to that centroid is at least the `memory_gate` quantile
+  of the training reads' own cosines (0.1: the tenth of the training's reads least like their row's centroid would
+  be dropped). With the guard's general text (replay), `prepare` also records where that text reads trained rows
+  (`fit_contrast`), so that a share of training reads can be dropped row by row instead, on the rows and below the
+  cosines where general text reads most (`memory_gate_contrast`, `set_gate(model, q, contrast=share)`; the higher of
+  the two cuts where both are on; `benchmarks/strength.py` profile `cgate=S`).
 - Precision: the memory's rows, keys and projection are float32 whatever the base's dtype; it reads the MLP's
   input in float32 and its output is cast to the MLP's dtype where the two are summed.
 
@@ -83,7 +87,11 @@ class SparseMemory(nn.Module):
         self.register_buffer("slot_row", torch.zeros(0, dtype=torch.long))
         self.register_buffer("centroids", torch.zeros(0, 2 * half, dtype=fp32))  # set by `prepare` (the gate)
         self.gate_table: list[float] = []  # quantiles 0, 0.01, ..., 1 of the training reads' centroid cosines
-        self.gate = 0.0  # the quantile the gate keeps reads above; 0: off
+        self.gate = 0.0  # the quantile of the training reads' cosines below which a read is dropped; 0: off
+        self.gate_contrast = 0.0  # the share of training reads dropped row by row against general text; 0: off
+        self.contrast: dict[str, torch.Tensor] = {}  # `fit_contrast`'s candidate cuts
+        self.contrast_reads = 0  # the training reads `fit_contrast` counted (its `dropped` are out of these)
+        self._cuts: tuple | None = None  # ((gate, contrast, rows), the cut of each row): `cuts` caches it
         self.select(torch.arange(self.rows.shape[0]))  # a placeholder until `prepare` chooses
 
     def select(self, row_index: torch.Tensor) -> None:
@@ -121,8 +129,8 @@ class SparseMemory(nn.Module):
         slots, weights = self.lookup(x, q)
         table = torch.cat([self.rows, self.rows.new_zeros(1, self.hidden)])  # last row: every untrained slot
         rows, weights = self.slot_row[slots].flatten(0, -2), weights.flatten(0, -2)
-        if self.gate > 0:
-            weights = weights * (self.trained_cosines(q.flatten(0, -3), rows) >= self.threshold())
+        if self.gate > 0 or self.gate_contrast > 0:
+            weights = weights * (self.trained_cosines(q.flatten(0, -3), rows) >= self.cuts()[rows])
         out = F.embedding_bag(rows, table, per_sample_weights=weights.to(table.dtype), mode="sum")
         return out.unflatten(0, x.shape[:-1]).to(x.dtype)
 
@@ -146,6 +154,80 @@ class SparseMemory(nn.Module):
         lo = min(int(at), len(self.gate_table) - 2)
         return self.gate_table[lo] + (at - lo) * (self.gate_table[lo + 1] - self.gate_table[lo])
 
+    def cuts(self) -> torch.Tensor:
+        """The cosine below which the gate drops a read, per trained row (one more entry, -inf, for the untrained
+        slots): the higher of the one cosine `gate` sets for every row and each row's own (`contrast_cuts`) where
+        `gate_contrast` is on."""
+        key = (self.gate, self.gate_contrast, len(self.rows))
+        if self._cuts is None or self._cuts[0] != key:
+            cut = torch.full((len(self.rows),), self.threshold() if self.gate > 0 else -math.inf)
+            if self.gate_contrast > 0:
+                cut = torch.maximum(cut, self.contrast_cuts(self.gate_contrast))
+            self._cuts = key, torch.cat([cut, cut.new_full((1,), -math.inf)]).to(self.rows.device)
+        return self._cuts[1]
+
+    def contrast_cuts(self, share: float) -> torch.Tensor:
+        """A cut for each trained row such that at most `share` of the training reads are dropped and as many of
+        the general-text reads as possible are (`fit_contrast`): a row is cut where the general reads it blocks
+        are worth more than lam times the training reads it drops, with the smallest lam (found by bisection)
+        that drops no more than `share` of the training reads. -inf: the row is not cut."""
+        if not self.contrast:
+            raise ValueError("this memory has no contrast with general text (learned without the guard's text, "
+                             "or before the contrast existed): it cannot be gated row by row")
+        row, cut = self.contrast["row"], self.contrast["cut"]
+        dropped, blocked = self.contrast["dropped"].double(), self.contrast["blocked"].double()
+        budget = share * self.contrast_reads
+
+        def choose(lam: float) -> tuple[torch.Tensor, float]:
+            gain = blocked - lam * dropped
+            best = torch.full((len(self.rows),), 0.0, dtype=torch.float64).scatter_reduce(
+                0, row, gain, "amax", include_self=True)  # 0: no cut
+            chosen = (gain > 0) & (gain == best[row])
+            first = torch.full((len(self.rows),), len(row), dtype=torch.long).scatter_reduce(
+                0, row[chosen], chosen.nonzero()[:, 0], "amin", include_self=True)  # one candidate per row
+            picked = first[first < len(row)]
+            return picked, float(dropped[picked].sum())
+
+        lo, hi = 0.0, 1.0
+        while choose(hi)[1] > budget and hi < 1e12:
+            lo, hi = hi, hi * 2
+        for _ in range(60):  # the smallest lam whose cuts stay inside the budget
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if choose(mid)[1] <= budget else (mid, hi)
+        picked = choose(hi)[0]
+        out = torch.full((len(self.rows),), -math.inf)
+        out[row[picked]] = cut[picked]
+        return out
+
+    @torch.no_grad()
+    def fit_contrast(self, states: list[torch.Tensor], general) -> None:
+        """Candidate cuts for `contrast_cuts`: for each read of a trained row by general text (`general`: batches
+        of states (n, hidden) of text the memory should leave alone), the cut just above its cosine to the row's
+        centroid, with how many of the row's training reads (from `states`) and general reads it would drop."""
+
+        def reads(batches):
+            rows, cosines = [], []
+            for x in batches:
+                q = self.directions(x)
+                read = self.slot_row[self.lookup(x, q)[0]]
+                c = self.trained_cosines(q, read)
+                kept = c.isfinite()
+                rows.append(read[kept].cpu())
+                cosines.append(c[kept].double().cpu())
+            rows = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
+            key = rows.double() * 4 + (torch.cat(cosines) if cosines else torch.zeros(0, dtype=torch.float64)) + 1
+            return key.sort().values  # a row's reads together, by cosine: row * 4 + 1 + cosine (cosine in [-1, 1])
+
+        train, other = reads(states), reads(general)
+        row = (other // 4).long()
+        # just above the read's cosine, as the float32 the gate compares (the key's float64 rounds far finer)
+        cut = torch.nextafter((other - row * 4 - 1).float(), torch.tensor(math.inf))
+        start, end = row.double() * 4, row.double() * 4 + 1 + cut.double()
+        dropped = torch.searchsorted(train, end) - torch.searchsorted(train, start)
+        blocked = torch.searchsorted(other, end) - torch.searchsorted(other, start)
+        self.contrast = {"row": row, "cut": cut, "dropped": dropped, "blocked": blocked}
+        self.contrast_reads, self._cuts = len(train), None
+
     @torch.no_grad()
     def fit_centroids(self, states: list[torch.Tensor]) -> None:
         """Each trained row's centroid: the unit mean of the queries (unit length, weighted by their read weight)
@@ -161,7 +243,7 @@ class SparseMemory(nn.Module):
             pos = trained.nonzero(as_tuple=True)[0]
             total.index_add_(0, rows[trained], (weights[trained][:, None] * flat[pos]).double())
             reads.append((q, rows))
-        self.centroids = F.normalize(total.float(), dim=-1)
+        self.centroids, self._cuts = F.normalize(total.float(), dim=-1), None
         cosines = [c[c.isfinite()] for q, rows in reads for c in [self.trained_cosines(q, rows)]]
         cosines = torch.cat(cosines) if cosines else torch.zeros(0)
         if len(cosines):
@@ -257,7 +339,8 @@ class MemoryLayer:
         _install(model, layer, memory).base_flags = flags
         model.requires_grad_(False)
         memory.rows.requires_grad_(True)
-        memory.gate = config.memory_gate  # applies once `prepare` has fitted the centroids
+        memory.gate = config.memory_gate  # both apply once `prepare` has fitted the centroids (and the contrast)
+        memory.gate_contrast = config.memory_gate_contrast
         return model
 
     @torch.no_grad()
@@ -284,6 +367,8 @@ class MemoryLayer:
         order = torch.argsort(-score, stable=True)  # ties go to the lower slot: the same data, the same rows
         memory.select(order[: memory.rows.shape[0]].sort().values)
         memory.fit_centroids(states)
+        if replay_ids:
+            memory.fit_contrast(states, (x[mask] for x, mask in _states(model, replay_ids, batch_tokens)))
 
     @torch.no_grad()
     def read_counts(self, model, sequences, batch_tokens: int = 4096, per_sequence: bool = False,
@@ -299,12 +384,19 @@ class MemoryLayer:
         return counts
 
     @staticmethod
-    def set_gate(model, quantile: float) -> None:
-        """Gate the attached memory's reads at this quantile of its training reads' centroid cosines (0: off)."""
+    def set_gate(model, quantile: float, contrast: float | None = None) -> None:
+        """Gate the attached memory's reads below this quantile of its training reads' centroid cosines (0: off),
+        and, with `contrast` > 0, row by row where general text reads it, dropping that share of the training
+        reads (`SparseMemory.contrast_cuts`; None: as it was)."""
         memory = _wrapper(model).memory
-        if quantile and not memory.gate_table:
+        contrast = memory.gate_contrast if contrast is None else contrast
+        if (quantile or contrast) and not memory.gate_table:
             raise ValueError(NO_CENTROIDS)
-        memory.gate = quantile
+        if not 0 <= quantile < 1 or not 0 <= contrast < 1:
+            raise ValueError("the gate's quantile and the contrast's share must be in [0, 1)")
+        memory.gate, memory.gate_contrast = quantile, contrast
+        if quantile or contrast:
+            memory.cuts()  # a memory without the contrast fails here, not at the first read
 
     @torch.no_grad()
     def scale(self, model, factor: float) -> None:
@@ -320,10 +412,16 @@ class MemoryLayer:
         tensors |= {name: getattr(memory, name) for name in ("query", "center", "keys_a", "keys_b")}
         if len(memory.centroids):
             tensors["centroids"] = memory.centroids[keep]
+        if memory.contrast:  # the candidates of kept rows, renumbered as the stored rows are
+            number = keep.long().cumsum(0).cpu() - 1
+            on = keep.cpu()[memory.contrast["row"]]
+            tensors |= {f"contrast_{k}": v[on] for k, v in memory.contrast.items() if k != "row"}
+            tensors["contrast_row"] = number[memory.contrast["row"][on]]
         save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, str(Path(directory) / WEIGHTS))
         config = {"layer": wrapper.layer, "slots": memory.slots, "topk": memory.topk, "hidden": memory.hidden,
                   "seed": memory.seed, "trainable_rows": memory.rows.shape[0], "stored_rows": int(keep.sum()),
-                  "gate": memory.gate, "gate_table": memory.gate_table}
+                  "gate": memory.gate, "gate_table": memory.gate_table, "gate_contrast": memory.gate_contrast,
+                  "contrast_reads": memory.contrast_reads}
         (Path(directory) / CONFIG).write_text(json.dumps(config, indent=2))
 
     def load(self, model, directory: Path):
@@ -336,6 +434,9 @@ class MemoryLayer:
         if "centroids" in tensors:  # memories saved before the gate have none
             memory.centroids = tensors["centroids"]
         memory.gate_table, memory.gate = config.get("gate_table", []), config.get("gate", 0.0)
+        memory.contrast = {k[len("contrast_"):]: v for k, v in tensors.items() if k.startswith("contrast_")}
+        memory.gate_contrast = config.get("gate_contrast", 0.0)
+        memory.contrast_reads = config.get("contrast_reads", 0)
         memory.select(tensors["row_index"])
         memory.rows.requires_grad_(False)
         _install(model, config["layer"], memory)
