@@ -111,8 +111,7 @@ def test_contrast_cuts_drop_at_most_the_share_asked_and_block_more_general_reads
     memory = SparseMemory(hidden=32, slots=256, topk=4, n_rows=24)
     memory.standardise(torch.cat(train).mean(0), torch.cat(train).std(0))
     memory.select(torch.bincount(memory.lookup(torch.cat(train))[0].flatten(), minlength=256).argsort()[-24:])
-    memory.fit_centroids(train)
-    memory.fit_contrast(train, iter(general))
+    memory.fit_contrast(memory.fit_centroids(train), iter(general))
 
     def reads(states):  # (row, cosine) of every read of a trained row
         q = memory.directions(states)

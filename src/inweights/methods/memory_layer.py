@@ -200,25 +200,19 @@ class SparseMemory(nn.Module):
         return out
 
     @torch.no_grad()
-    def fit_contrast(self, states: list[torch.Tensor], general) -> None:
+    def fit_contrast(self, train: torch.Tensor, general) -> None:
         """Candidate cuts for `contrast_cuts`: for each read of a trained row by general text (`general`: batches
         of states (n, hidden) of text the memory should leave alone), the cut just above its cosine to the row's
-        centroid, with how many of the row's training reads (from `states`) and general reads it would drop."""
+        centroid, with how many of the row's training reads (`train`: their keys, as `fit_centroids` returns
+        them) and general reads it would drop."""
 
-        def reads(batches):
-            rows, cosines = [], []
-            for x in batches:
+        def reads():
+            for x in general:
                 q = self.directions(x)
-                read = self.slot_row[self.lookup(x, q)[0]]
-                c = self.trained_cosines(q, read)
-                kept = c.isfinite()
-                rows.append(read[kept].cpu())
-                cosines.append(c[kept].double().cpu())
-            rows = torch.cat(rows) if rows else torch.zeros(0, dtype=torch.long)
-            key = rows.double() * 4 + (torch.cat(cosines) if cosines else torch.zeros(0, dtype=torch.float64)) + 1
-            return key.sort().values  # a row's reads together, by cosine: row * 4 + 1 + cosine (cosine in [-1, 1])
+                rows = self.slot_row[self.lookup(x, q)[0]]
+                yield rows, self.trained_cosines(q, rows)
 
-        train, other = reads(states), reads(general)
+        other = _read_keys(reads())
         row = (other // 4).long()
         # just above the read's cosine, as the float32 the gate compares (the key's float64 rounds far finer)
         cut = torch.nextafter((other - row * 4 - 1).float(), torch.tensor(math.inf))
@@ -229,10 +223,11 @@ class SparseMemory(nn.Module):
         self.contrast_reads, self._cuts = len(train), None
 
     @torch.no_grad()
-    def fit_centroids(self, states: list[torch.Tensor]) -> None:
+    def fit_centroids(self, states: list[torch.Tensor]) -> torch.Tensor:
         """Each trained row's centroid: the unit mean of the queries (unit length, weighted by their read weight)
         of the positions in `states` (each (n, hidden)) that read it; and the quantiles of those reads' cosines
-        to their rows' centroids, which `gate` picks its threshold from."""
+        to their rows' centroids, which `gate` picks its threshold from. Returns those reads' keys (`_read_keys`),
+        which `fit_contrast` counts."""
         total = torch.zeros(len(self.rows), self.query.shape[1], dtype=torch.float64, device=self.rows.device)
         reads = []  # (directions, rows read) per batch of states: the cosines below need the finished centroids
         for x in states:
@@ -244,12 +239,27 @@ class SparseMemory(nn.Module):
             total.index_add_(0, rows[trained], (weights[trained][:, None] * flat[pos]).double())
             reads.append((q, rows))
         self.centroids, self._cuts = F.normalize(total.float(), dim=-1), None
-        cosines = [c[c.isfinite()] for q, rows in reads for c in [self.trained_cosines(q, rows)]]
+        pairs = [(rows, self.trained_cosines(q, rows)) for q, rows in reads]
+        cosines = [c[c.isfinite()] for _, c in pairs]
         cosines = torch.cat(cosines) if cosines else torch.zeros(0)
         if len(cosines):
             self.gate_table = [round(float(v), 6) for v in torch.quantile(
                 cosines[torch.randperm(len(cosines), generator=torch.Generator().manual_seed(0))[:1_000_000]]
                 .double().cpu(), torch.linspace(0, 1, 101, dtype=torch.float64))]
+        return _read_keys(pairs)
+
+
+def _read_keys(pairs) -> torch.Tensor:
+    """Reads of trained rows from (rows read, their cosines to the rows' centroids; inf where untrained) pairs, as
+    sorted float64 keys row * 4 + 1 + cosine (cosine in [-1, 1]): a row's reads together, by cosine."""
+    rows, cosines = [], []
+    for read, c in pairs:
+        kept = c.isfinite()
+        rows.append(read[kept].cpu())
+        cosines.append(c[kept].double().cpu())
+    if not rows:
+        return torch.zeros(0, dtype=torch.float64)
+    return (torch.cat(rows).double() * 4 + torch.cat(cosines) + 1).sort().values
 
 
 def floored_std(std: torch.Tensor) -> torch.Tensor:
@@ -366,9 +376,9 @@ class MemoryLayer:
             score = score * torch.log((1.0 + len(replay_ids)) / (1.0 + df))
         order = torch.argsort(-score, stable=True)  # ties go to the lower slot: the same data, the same rows
         memory.select(order[: memory.rows.shape[0]].sort().values)
-        memory.fit_centroids(states)
+        train = memory.fit_centroids(states)
         if replay_ids:
-            memory.fit_contrast(states, (x[mask] for x, mask in _states(model, replay_ids, batch_tokens)))
+            memory.fit_contrast(train, (x[mask] for x, mask in _states(model, replay_ids, batch_tokens)))
 
     @torch.no_grad()
     def read_counts(self, model, sequences, batch_tokens: int = 4096, per_sequence: bool = False,
