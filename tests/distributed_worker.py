@@ -75,6 +75,8 @@ def main() -> int:
             f'{{"steps": {result.steps}, "resumed_from_step": {result.resumed_from_step}, '
             f'"world": {distributed.world_size()}, "final_loss": {result.final_loss}, '
             f'"layer_weight_held": {held}, "layer_weight_whole": {whole}}}')
+    distributed.teardown()
+    assert not torch.distributed.is_initialized(), "the process group outlived the job"
     return 0
 
 

@@ -217,6 +217,7 @@ def _learn(args) -> int:
                          synth=_collect(args, SynthConfig, "synth"), train=_collect(args, TrainConfig, "train"))
     version = learn(args.paths, args.memory, config, progress=not args.no_progress, yes=args.yes, show_plan=True,
                     update=args.update)
+    distributed.teardown()
     if not distributed.is_main():  # under a launcher the main process reports for all
         return 0
     print(f"memory {version.ref} written to {version.path}")

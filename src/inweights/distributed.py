@@ -67,6 +67,15 @@ def setup() -> None:
         accelerator()
 
 
+def teardown() -> None:
+    """Leave the process group at the end of a launched job (Accelerate's end_training destroys it), so that no
+    communication thread is still running when the interpreter exits; without a launcher nothing is done."""
+    global _ACCELERATOR
+    if _ACCELERATOR is not None:
+        _ACCELERATOR.end_training()
+        _ACCELERATOR = None
+
+
 def barrier() -> None:
     if active():
         accelerator().wait_for_everyone()
