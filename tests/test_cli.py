@@ -137,3 +137,22 @@ def test_demo_on_the_wiki_corpus_reports_each_question_form(tmp_path, workspace,
     assert set(result["accuracy_by_form"]) == {"copied", "paraphrased", "reversed", "two-hop"}
     assert sum(f["n"] for f in result["accuracy_by_form"].values()) == 40
     assert "two-hop" in capsys.readouterr().out
+
+
+def test_eval_takes_the_perplexity_over_the_wikitext_tokens_asked_for(tmp_path, monkeypatch, capsys):
+    from inweights.evaluate import harness
+
+    seen = []
+
+    def fake_eval_memory(memory, questions, docs, conditions, limit, limits, data, out, **kwargs):
+        seen.append(limits)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "report.md").write_text("report\n")
+
+    monkeypatch.setattr(harness, "eval_memory", fake_eval_memory)
+    out = tmp_path / "eval"
+    assert main(["eval", "acme", "q.jsonl", "--out", str(out)]) == 0
+    assert main(["eval", "acme", "q.jsonl", "--out", str(out), "--wikitext-tokens", "16384"]) == 0
+    assert [limits.wikitext_tokens for limits in seen] == [4096, 16384]
+    assert main(["eval", "acme", "q.jsonl", "--out", str(out), "--wikitext-tokens", "-1"]) == 2
+    assert "--wikitext-tokens" in capsys.readouterr().err and len(seen) == 2

