@@ -359,8 +359,10 @@ def _reorders(sent) -> list[str]:
             text = f"{span.text[0].upper()}{span.text[1:]}, {_lower_sentence(body)}."
         elif span.start == sent.start:  # move to the end
             body = _join(rest).lstrip(", ")
-            text = f"{body[0].upper()}{body[1:]} {span.text}."
+            text = f"{body[:1].upper()}{body[1:]} {span.text}."
         else:
+            continue
+        if not body.strip(" ,"):  # the phrase and one word ("In Paris, sleep"): nothing left to move it around
             continue
         out.append(_clean(text))
     return out
