@@ -10,7 +10,9 @@ forgot something else.
 Run as:
     python benchmarks/yes_rate.py benchmarks/results/strength_mean3_check24_wt16k \
         benchmarks/results/strength_sd2_check24_wt16k --out benchmarks/results/yes_rate.md
-Reads strength.json in each folder (its base and every scale that kept marks); prints and writes a table.
+Reads strength.json in each folder (its base and every scale that kept marks); prints and writes a table. Where a
+folder's base scores were copied without marks, `--base-from FOLDER` takes them from another folder's base (the same
+items, checked by their count and accuracy).
 """
 
 from __future__ import annotations
@@ -55,11 +57,19 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("folders", nargs="+", type=Path, help="strength.py --out folders")
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
     parser.add_argument("--out", type=Path, help="also write the table here")
+    parser.add_argument("--base-from", type=Path, help="a strength.py folder whose base kept its per-item marks, for "
+                        "folders whose base scores were copied without them (the same items: checked by their count "
+                        "and accuracy)")
     args = parser.parse_args(argv)
     rows = []
+    fallback = json.loads((args.base_from / "strength.json").read_text())["base"]["general"]["boolq"] \
+        if args.base_from else None
     for folder in args.folders:
         results = json.loads((folder / "strength.json").read_text())
         base = results["base"]["general"]["boolq"]
+        if "correct" not in base and fallback is not None and "correct" in fallback \
+                and (fallback["n"], fallback["acc"]) == (base["n"], base["acc"]):
+            base = fallback
         if "correct" not in base:
             raise SystemExit(f"{folder}: the base's BoolQ has no per-item marks")
         gold = gold_labels(args.data, len(base["correct"]))

@@ -160,6 +160,28 @@ def test_yes_rate_reads_each_answer_from_its_mark_and_gold_label():
         yes_rate.answers("101", gold)
 
 
+def test_yes_rate_takes_the_base_marks_from_another_folder_only_for_the_same_items(tmp_path, monkeypatch):
+    yes_rate = _benchmark("yes_rate")
+    monkeypatch.setattr(yes_rate, "gold_labels", lambda data, n: [1, 1, 0, 0, 1][:n])
+
+    def folder(name, base_boolq, scales):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "strength.json").write_text(json.dumps({"base": {"general": {"boolq": base_boolq}},
+                                                                   "scales": scales}))
+        return str(tmp_path / name)
+
+    run = {"general": {"boolq": {"correct": "11001"}}, "general_deltas": {"boolq": {"acc_points": 0.0}}}
+    marked = folder("marked", {"n": 5, "acc": 0.6, "correct": "10101"}, {})
+    copied = folder("copied", {"n": 5, "acc": 0.6}, {"1": run})
+    other = folder("other", {"n": 5, "acc": 0.4}, {"1": run})
+    rows = yes_rate.main([copied, "--base-from", marked, "--data", str(tmp_path)])
+    assert [(r["yes"], r["base_yes"], r["lost_gold_no"], r["gained_gold_yes"]) for r in rows] == [(5, 3, 1, 1)]
+    with pytest.raises(SystemExit, match="no per-item marks"):  # another base's items are not taken
+        yes_rate.main([other, "--base-from", marked, "--data", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no per-item marks"):
+        yes_rate.main([copied, "--data", str(tmp_path)])
+
+
 def test_general_wide_gives_each_change_a_paired_interval():
     general_wide = _benchmark("general_wide")
     # 10 items: the memory loses items 0 and 1, gains item 9; the others are as before
