@@ -354,16 +354,16 @@ def _reorders(sent) -> list[str]:
         if _kind(_subtree(obj)) not in ("DATE", "TIME", "GPE", "LOC", "FAC"):
             continue
         rest = [t for t in sent if not (span.start <= t.i < span.end) and t.i < sent.end - 1]
-        if span.start > root.i:  # move to the front
-            body = _join(rest).rstrip(", ")
-            text = f"{span.text[0].upper()}{span.text[1:]}, {_lower_sentence(body)}."
-        elif span.start == sent.start:  # move to the end
-            body = _join(rest).lstrip(", ")
-            text = f"{body[:1].upper()}{body[1:]} {span.text}."
-        else:
+        to_front = span.start > root.i
+        if not to_front and span.start != sent.start:
             continue
+        body = _join(rest).rstrip(", ") if to_front else _join(rest).lstrip(", ")
         if not body.strip(" ,"):  # the phrase and one word ("In Paris, sleep"): nothing left to move it around
             continue
+        if to_front:
+            text = f"{span.text[0].upper()}{span.text[1:]}, {_lower_sentence(body)}."
+        else:  # to the end
+            text = f"{body[0].upper()}{body[1:]} {span.text}."
         out.append(_clean(text))
     return out
 
